@@ -1,0 +1,86 @@
+"""Training-time views of a stored crop, applied to every class alike.
+
+``neutral`` (Task 2) removes container cues: every image is JPEG re-encoded
+with high probability at a random quality, so "was it a JPEG" stops telling
+real from generated, plus flips and 90-degree turns. ``robust`` (Task 3) adds
+what the augmented splits and real users do to images: JPEG down to quality
+30, blur, down- and up-scaling, noise, colour changes and crops (CNNDetection,
+Wang et al. 2020, with wider ranges).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+from .crops import TRAIN_CROP
+
+
+@dataclass(frozen=True)
+class AugmentPolicy:
+    name: str
+    jpeg_p: float
+    jpeg_quality: tuple[int, int]
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.3, 2.0)
+    rescale_p: float = 0.0
+    rescale: tuple[float, float] = (0.5, 1.5)
+    noise_p: float = 0.0
+    noise_sigma: tuple[float, float] = (1.0, 6.0)
+    colour_p: float = 0.0
+    crop_size: int = TRAIN_CROP
+
+
+NEUTRAL = AugmentPolicy("neutral", jpeg_p=0.7, jpeg_quality=(70, 100))
+ROBUST = AugmentPolicy(
+    "robust", jpeg_p=0.8, jpeg_quality=(30, 100), blur_p=0.4, rescale_p=0.5, noise_p=0.25, colour_p=0.3,
+)
+POLICIES = {p.name: p for p in (NEUTRAL, ROBUST)}
+
+
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def random_crop(array: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Random ``size`` crop at even offsets (keeps the 2x2 pixel grid); pads by reflection if small."""
+    height, width = array.shape[:2]
+    if height < size or width < size:
+        pad_h, pad_w = max(0, size - height), max(0, size - width)
+        array = np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
+        height, width = array.shape[:2]
+    top = int(rng.integers(0, height - size + 1)) & ~1
+    left = int(rng.integers(0, width - size + 1)) & ~1
+    return array[top : top + size, left : left + size]
+
+
+def augment(crop: np.ndarray, policy: AugmentPolicy, rng: np.random.Generator) -> np.ndarray:
+    """One random training view (``policy.crop_size`` square, uint8 RGB) of a stored crop."""
+    image = Image.fromarray(crop)
+    if rng.random() < policy.rescale_p:
+        factor = float(rng.uniform(*policy.rescale))
+        new = max(policy.crop_size, round(image.width * factor))
+        resample = Image.BILINEAR if rng.random() < 0.5 else Image.BICUBIC
+        image = image.resize((new, new), resample)
+    if rng.random() < policy.blur_p:
+        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(*policy.blur_sigma))))
+    if rng.random() < policy.colour_p:
+        image = ImageEnhance.Brightness(image).enhance(float(rng.uniform(0.8, 1.2)))
+        image = ImageEnhance.Contrast(image).enhance(float(rng.uniform(0.8, 1.2)))
+    array = np.asarray(image)
+    if rng.random() < policy.noise_p:
+        noise = rng.normal(0.0, float(rng.uniform(*policy.noise_sigma)), array.shape)
+        array = np.clip(array + noise, 0, 255).astype(np.uint8)
+    array = random_crop(array, policy.crop_size, rng)
+    # JPEG last, on the final crop, as a user's re-upload would do it.
+    if rng.random() < policy.jpeg_p:
+        array = np.asarray(jpeg(Image.fromarray(array), int(rng.integers(*policy.jpeg_quality, endpoint=True))))
+    if rng.random() < 0.5:
+        array = array[:, ::-1]
+    array = np.rot90(array, int(rng.integers(0, 4)))
+    return np.ascontiguousarray(array)

@@ -1,0 +1,86 @@
+"""The one place that knows the time budget of a stage.
+
+A stage receives ``--timeout_seconds`` and is killed when it runs out. The
+deadline keeps a safety margin so that the stage saves its work and exits 0
+before the kill; every long loop asks ``deadline.remaining()``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+# The process may have started a little before the deadline object (imports).
+_PROCESS_START = time.monotonic()
+
+
+def safety_margin(timeout_seconds: float) -> float:
+    """Seconds kept free at the end of a stage: 8 % of the budget, 2 s to 120 s."""
+    return min(120.0, max(2.0, 0.08 * timeout_seconds))
+
+
+@dataclass
+class Deadline:
+    timeout_seconds: float
+    start: float = field(default_factory=lambda: _PROCESS_START)
+
+    @property
+    def margin(self) -> float:
+        return safety_margin(self.timeout_seconds)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def remaining(self) -> float:
+        """Seconds left before the stage must have saved everything and exited."""
+        return self.timeout_seconds - self.margin - self.elapsed()
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    def describe(self) -> str:
+        return f"{self.elapsed():.0f}s used, {max(0.0, self.remaining()):.0f}s left of {self.timeout_seconds:.0f}s"
+
+
+def cpu_quota() -> float | None:
+    """CPUs granted by a cgroup quota (``docker run --cpus``), or None."""
+    for path in ("/sys/fs/cgroup/cpu.max",):
+        try:
+            quota, period = open(path).read().split()[:2]
+            if quota != "max":
+                return int(quota) / int(period)
+        except (OSError, ValueError):
+            pass
+    try:
+        quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
+        period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        if quota > 0:
+            return quota / period
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def available_cpus() -> int:
+    """The CPUs this process may really use: affinity, cgroup quota, capped at 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    quota = cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, int(quota)))
+    return max(1, min(8, cpus))
+
+
+def configure_threads() -> int:
+    """Give torch one thread per usable CPU (a container sees all host cores)."""
+    import torch
+
+    threads = int(os.environ.get("AMLS_THREADS", available_cpus()))
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already set in this process
+    return threads

@@ -1,0 +1,43 @@
+"""The classical model family: engineered features + a scikit-learn classifier.
+
+It also serves as the quick fallback detector: train.py fits it in seconds,
+before the network, so the predict stages always have a calibrated model.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .features import batch_features
+
+
+def make_classifier(kind: str = "logistic"):
+    """``logistic`` (the fallback: fast, stable) or ``boosting`` (stronger, slower)."""
+    if kind == "logistic":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=5000, class_weight="balanced"))
+    if kind == "boosting":
+        return HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, class_weight="balanced", random_state=0)
+    raise ValueError(f"unknown classical model {kind!r}")
+
+
+class ClassicalDetector:
+    """fit(crops, y) / score(crops) -> log-odds of 'generated'."""
+
+    def __init__(self, kind: str = "logistic"):
+        self.kind = kind
+        self.classifier = make_classifier(kind)
+
+    def fit(self, crops: np.ndarray, y: np.ndarray) -> "ClassicalDetector":
+        self.classifier.fit(batch_features(crops), y)
+        return self
+
+    def score_features(self, features: np.ndarray) -> np.ndarray:
+        proba = self.classifier.predict_proba(features)[:, 1]
+        proba = np.clip(proba, 1e-7, 1 - 1e-7)
+        return np.log(proba / (1 - proba))
+
+    def score(self, crops: np.ndarray) -> np.ndarray:
+        return self.score_features(batch_features(crops))

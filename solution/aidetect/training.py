@@ -1,0 +1,289 @@
+"""The training loop: checkpointed every epoch, resumable, and bound by a deadline.
+
+Shape after torchvision's reference ``train.py``: ``train_one_epoch``,
+``evaluate`` and ``fit``; one checkpoint dict (model, optimizer, scheduler,
+epoch, config, history) written atomically every epoch, the best model beside
+it, and a re-run resumes from the last checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import NEUTRAL, POLICIES, augment
+from .budget import Deadline
+from .cleaning import PreparedSplit
+from .dataio import save_torch
+from .labels import binary_label
+from .metrics import recall_at_fpr
+from .models import build_model, to_tensor
+from .progress import progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "tracenet"
+    width: int = 32
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    source_loss_weight: float = 0.5  # joint 6-way source head (attribution)
+    policy: str = "neutral"
+    clean_fraction: float = 0.0  # share of samples given the neutral policy instead
+    patience: int = 8  # epochs without holdout improvement before stopping
+    holdout_fraction: float = 0.15
+    seed: int = 0
+    eval_batch_size: int = 16
+
+    def model_kwargs(self) -> dict:
+        return {"width": self.width} if self.arch == "tracenet" else {}
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    stopped_because: str
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def stratified_holdout(source_class: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, holdout) with ``fraction`` of every source class held out."""
+    rng = np.random.default_rng(seed)
+    holdout = []
+    for c in np.unique(source_class):
+        members = np.flatnonzero(source_class == c)
+        take = int(round(fraction * len(members))) if len(members) >= 4 else 0
+        holdout.extend(rng.choice(members, size=take, replace=False).tolist())
+    holdout = np.array(sorted(holdout), dtype=np.int64)
+    train = np.setdiff1d(np.arange(len(source_class)), holdout)
+    return train, holdout
+
+
+def iterate_batches(data: PreparedSplit, indices: np.ndarray, config: TrainConfig, epoch: int):
+    """Shuffled, augmented mini-batches (x, y_binary, y_source) for one epoch."""
+    rng = np.random.default_rng([config.seed, epoch])
+    policy = POLICIES[config.policy]
+    order = rng.permutation(indices)
+    for start in range(0, len(order), config.batch_size):
+        chosen = order[start : start + config.batch_size]
+        if len(chosen) < 2:
+            continue  # BatchNorm needs two samples
+        views = [
+            augment(data.crops[i], NEUTRAL if rng.random() < config.clean_fraction else policy, rng) for i in chosen
+        ]
+        source = data.source_class[chosen]
+        yield to_tensor(np.stack(views)), torch.from_numpy(binary_label(source)).float(), torch.from_numpy(source)
+
+
+@torch.no_grad()
+def score_crops(model: torch.nn.Module, crops: np.ndarray, batch_size: int = 16, deadline: Deadline | None = None,
+                desc: str | None = None) -> np.ndarray:
+    """Generated-image logits of whole crops (the model is fully convolutional)."""
+    model.eval()
+    scores = []
+    with progress(total=len(crops), desc=desc or "score", deadline=deadline) as bar:
+        for start in range(0, len(crops), batch_size):
+            batch = np.asarray(crops[start : start + batch_size])
+            scores.append(model(to_tensor(batch)).numpy())
+            bar.update(len(batch))
+    return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+
+
+@torch.no_grad()
+def embed_crops(model: torch.nn.Module, crops: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(binary logits, source logits, embeddings) of whole crops."""
+    model.eval()
+    outs = [[], [], []]
+    for start in range(0, len(crops), batch_size):
+        for store, value in zip(outs, model.forward_all(to_tensor(np.asarray(crops[start : start + batch_size])))):
+            store.append(value.numpy())
+    return tuple(np.concatenate(o) for o in outs)
+
+
+def holdout_views(data: PreparedSplit, indices: np.ndarray, config: TrainConfig) -> list[tuple[str, np.ndarray]]:
+    """Fixed evaluation views of the holdout: the clean crops, plus policy views when robust."""
+    views = [("clean", np.asarray(data.crops[indices]))]
+    if config.policy != "neutral":
+        rng = np.random.default_rng([config.seed, 999])
+        views.append((config.policy, np.stack([augment(data.crops[i], POLICIES[config.policy], rng) for i in indices])))
+    return views
+
+
+def holdout_score(model, views, y_true, batch_size) -> tuple[float, dict]:
+    """Selection criterion: mean over views of (ROC AUC + recall at 20 % FPR) / 2."""
+    from sklearn.metrics import roc_auc_score
+
+    parts = {}
+    for name, crops in views:
+        scores = score_crops(model, crops, batch_size, desc=f"holdout {name}")
+        auc = roc_auc_score(y_true, scores) if len(np.unique(y_true)) == 2 else float("nan")
+        parts[name] = {"roc_auc": float(auc), "recall_at_fpr_0.2": recall_at_fpr(y_true, scores, 0.2)}
+    values = [(p["roc_auc"] + p["recall_at_fpr_0.2"]) / 2 for p in parts.values()]
+    return float(np.nanmean(values)) if values else float("nan"), parts
+
+
+def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(steps_per_epoch, total // 10 + 1)
+
+    def schedule(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))) * 0.98 + 0.02
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def train_one_epoch(model, optimizer, scheduler, batches, config: TrainConfig, class_weights, deadline, reserve,
+                    n_batches, epoch) -> tuple[float, bool]:
+    """One pass; returns (mean loss, interrupted by the deadline)."""
+    model.train()
+    pos_weight, source_weight = class_weights
+    losses = []
+    with progress(total=n_batches, desc=f"epoch {epoch + 1}/{config.epochs}", deadline=deadline) as bar:
+        for x, y_binary, y_source in batches:
+            if deadline is not None and deadline.remaining() < reserve:
+                return (float(np.mean(losses)) if losses else float("nan")), True
+            binary_logit, source_logit, _ = model.forward_all(x)
+            loss = F.binary_cross_entropy_with_logits(binary_logit, y_binary, pos_weight=pos_weight)
+            if config.source_loss_weight > 0:
+                loss = loss + config.source_loss_weight * F.cross_entropy(source_logit, y_source, weight=source_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix_str(f"loss {np.mean(losses[-20:]):.3f}")
+    return float(np.mean(losses)) if losses else float("nan"), False
+
+
+def _class_weights(source_class: np.ndarray, n_sources: int = 6):
+    y = binary_label(source_class)
+    n_pos, n_neg = max(1, int(y.sum())), max(1, int((1 - y).sum()))
+    counts = np.bincount(source_class, minlength=n_sources).astype(np.float64)
+    weight = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0)
+    return torch.tensor(n_neg / n_pos, dtype=torch.float32), torch.tensor(weight, dtype=torch.float32)
+
+
+def fit(config: TrainConfig, data: PreparedSplit, out_dir: Path, deadline: Deadline, reserve_seconds: float,
+        init_state: dict | None = None, resume: bool = True) -> tuple[torch.nn.Module, FitResult]:
+    """Train ``config.arch`` on ``data``; keep ``checkpoint_last.pt`` and ``model_best.pt`` in ``out_dir``.
+
+    ``reserve_seconds`` is kept free for what follows training (calibration,
+    evaluation); ``init_state`` starts from another model's weights (Task 3).
+    """
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out_dir / "checkpoint_last.pt", out_dir / "model_best.pt"
+    train_idx, holdout_idx = stratified_holdout(data.source_class, config.holdout_fraction, config.seed)
+    if len(holdout_idx) == 0 or len(np.unique(binary_label(data.source_class[holdout_idx]))) < 2:
+        log.warning("training set too small for a holdout; selecting on the training images themselves")
+        holdout_idx = train_idx
+    y_holdout = binary_label(data.source_class[holdout_idx])
+    views = holdout_views(data, holdout_idx, config)
+    n_batches = sum(1 for s in range(0, len(train_idx), config.batch_size) if len(train_idx) - s >= 2)
+
+    model = build_model(config.arch, **config.model_kwargs())
+    optimizer, scheduler = make_optimizer(model, config, n_batches)
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "history": [], "bad_epochs": 0}
+    checkpoint = _load_resumable(last_path, config) if resume else None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        state = checkpoint["state"]
+        log.info("resuming %s from epoch %d (best holdout score %.4f)", config.arch, state["epoch"], state["best_score"])
+    elif init_state is not None:
+        model.load_state_dict(init_state)
+        log.info("starting %s from the given weights", config.arch)
+
+    class_weights = _class_weights(data.source_class[train_idx])
+    log.info("training %s: %d train / %d holdout images, %d epochs max, policy %s, %s",
+             config.arch, len(train_idx), len(holdout_idx), config.epochs, config.policy, deadline.describe())
+    stopped = "epoch budget"
+    epoch_seconds = []
+    while state["epoch"] < config.epochs:
+        epoch = state["epoch"]
+        if epoch_seconds and deadline.remaining() - reserve_seconds < 0.5 * max(epoch_seconds):
+            stopped = "time budget"
+            break
+        t0 = time.monotonic()
+        loss, interrupted = train_one_epoch(
+            model, optimizer, scheduler, iterate_batches(data, train_idx, config, epoch), config, class_weights,
+            deadline, reserve_seconds, n_batches, epoch,
+        )
+        score, parts = holdout_score(model, views, y_holdout, config.eval_batch_size)
+        state["epoch"] = epoch + 1
+        state["history"].append({"epoch": epoch + 1, "loss": loss, "holdout_score": score, "holdout": parts,
+                                 "seconds": time.monotonic() - t0, "complete": not interrupted})
+        improved = score > state["best_score"]
+        if improved:
+            state["best_score"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
+            save_torch(best_path, {"model": model.state_dict(), "arch": config.arch, "config": asdict(config),
+                                   "epoch": epoch + 1, "holdout_score": score})
+        else:
+            state["bad_epochs"] += 1
+        save_torch(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "lr_scheduler": scheduler.state_dict(), "config": asdict(config), "state": state,
+                               "finished": False})
+        epoch_seconds.append(time.monotonic() - t0)
+        log.info("epoch %d: loss %.4f, holdout score %.4f%s (%s)", epoch + 1, loss, score,
+                 " (best)" if improved else "", deadline.describe())
+        if interrupted:
+            stopped = "time budget"
+            break
+        if state["bad_epochs"] >= config.patience:
+            stopped = "converged (no holdout improvement)"
+            break
+    if last_path.exists():
+        checkpoint = torch.load(last_path, weights_only=False)
+        checkpoint["finished"] = True
+        save_torch(last_path, checkpoint)
+    if best_path.exists():
+        model.load_state_dict(torch.load(best_path, weights_only=False)["model"])
+    result = FitResult(state["best_epoch"], state["best_score"], state["epoch"], stopped, state["history"],
+                       time.monotonic() - started)
+    log.info("training stopped: %s; best epoch %d, holdout score %.4f", stopped, result.best_epoch, result.best_score)
+    return model, result
+
+
+def _load_resumable(path: Path, config: TrainConfig) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, weights_only=False)
+    except Exception as exc:
+        log.warning("checkpoint %s unreadable (%s); starting afresh", path, exc)
+        return None
+    if checkpoint.get("finished") or checkpoint.get("config") != asdict(config):
+        return None
+    return checkpoint
+
+
+def load_model(path: Path) -> torch.nn.Module:
+    """A model from a ``model_best.pt`` checkpoint, in eval mode."""
+    checkpoint = torch.load(path, weights_only=False, map_location="cpu")
+    config = TrainConfig(**checkpoint["config"])
+    model = build_model(checkpoint["arch"], **config.model_kwargs())
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def with_overrides(config: TrainConfig, **overrides) -> TrainConfig:
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
