@@ -6,7 +6,8 @@ a pure function of the data, so prepare.py recomputes it when clean.py did not
 finish.
 
 Rules, applied to every labelled split:
-1. undecodable images are dropped (the reason is recorded);
+1. images whose header cannot be read are dropped (the reason is recorded);
+   prepare.py also skips any whose pixels then fail to decode, and says so;
 2. ``source_class`` outside 0..5 is dropped (its meaning is unknown);
 3. exact duplicates (same bytes) within a split keep their first copy;
 4. a training image identical to a calibration or validation image is dropped
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +30,10 @@ import pandas as pd
 from .budget import Deadline
 from .crops import CROP_SIZE, square_crop
 from .dataio import atomic_path, count_rows, iter_batches, read_json, validate_split, write_json
-from .decode import decode_rgb, open_image
+from .decode import decode_rgb, read_size
 from .errors import DataError, DecodeError
 from .labels import SOURCE_CLASSES
+from .parallel import ordered_map
 from .paths import LABELLED_SPLITS, clean_dir, prepared_dir, split_dir
 from .progress import progress
 
@@ -62,8 +65,7 @@ def scan_split(split: str, deadline: Deadline | None = None) -> pd.DataFrame:
                     "width": 0, "height": 0, "keep": True, "reason": "",
                 }
                 try:
-                    image = open_image(data)
-                    record["width"], record["height"] = image.size
+                    record["width"], record["height"] = read_size(data)
                 except DecodeError as exc:
                     record["keep"], record["reason"] = False, f"undecodable: {exc}"
                 rows.append(record)
@@ -145,47 +147,84 @@ class PreparedSplit:
         return len(self.source_class)
 
 
-def _crop_seed(seed: int, file: str, row: int) -> np.random.Generator:
+def _decode_crop(item: tuple) -> tuple:
+    """Worker: (key, bytes, seed or None) -> (key, crop or None, error)."""
+    key, data, seed = item
+    try:
+        rng = None if seed is None else np.random.default_rng(seed)
+        return key, square_crop(decode_rgb(data), CROP_SIZE, rng), None
+    except DecodeError as exc:
+        return key, None, str(exc)
+    except Exception as exc:  # a worker must never stop the stream
+        return key, None, f"{type(exc).__name__}: {exc}"
+
+
+def _crop_seed(seed: int, file: str, row: int) -> int:
     digest = hashlib.sha1(f"{seed}/{file}/{row}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return int.from_bytes(digest[:8], "little")
 
 
-def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Deadline | None = None) -> dict:
+def subsample_rows(rows: pd.DataFrame, limit: int, seed: int = 0) -> pd.DataFrame:
+    """At most ``limit`` rows, the same share of every source class (deterministic)."""
+    if len(rows) <= limit:
+        return rows
+    share = limit / len(rows)
+    parts = [g.sample(n=max(1, int(share * len(g))), random_state=seed) for _, g in rows.groupby("source_class")]
+    return pd.concat(parts).sort_index()
+
+
+def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Deadline | None = None,
+                  limit: int | None = None) -> dict:
     """Decode the kept rows of a split and store one crop per image.
 
     Training crops are at a random (seeded, grid-aligned) position, so the
     model sees every part of an image across images; evaluation crops are
-    centred, as at prediction time.
+    centred, as at prediction time. ``limit`` caps the number of images
+    (stratified subsample). If the deadline comes first, the crops done so far
+    are kept and ``info.json`` says the split is truncated.
     """
     keep = recipe[(recipe["split"] == split) & recipe["keep"]]
+    if limit is not None:
+        keep = subsample_rows(keep, limit, seed)
     wanted = {(f, int(r)) for f, r in zip(keep["file"], keep["row"])}
     out = prepared_dir() / split
     out.mkdir(parents=True, exist_ok=True)
     info_path = out / "info.json"
     info_path.unlink(missing_ok=True)  # invalid until complete
     n = len(keep)
+    labels = np.zeros(n, dtype=np.int8)
+    index, failed, truncated = [], [], False
+
+    def items():
+        for batch in iter_batches(split_dir(split), labelled=True):
+            for offset, (data, source) in enumerate(zip(batch.images, batch.source_class)):
+                key = (batch.file.name, batch.first_row + offset)
+                if key in wanted:
+                    yield key + (int(source),), data, (_crop_seed(seed, *key) if split == "train" else None)
+
     with atomic_path(out / "crops.npy") as tmp:
         crops = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, CROP_SIZE, CROP_SIZE, 3))
-        labels = np.zeros(n, dtype=np.int8)
-        index, i = [], 0
+        i = 0
         with progress(total=n, desc=f"prepare {split}", deadline=deadline) as bar:
-            for batch in iter_batches(split_dir(split), labelled=True):
-                for offset, (data, source) in enumerate(zip(batch.images, batch.source_class)):
-                    key = (batch.file.name, batch.first_row + offset)
-                    if key not in wanted:
-                        continue
-                    rng = _crop_seed(seed, *key) if split == "train" else None
-                    crops[i] = square_crop(decode_rgb(data), CROP_SIZE, rng)
-                    labels[i] = source
-                    index.append(key)
-                    i += 1
-                    bar.update(1)
+            for (file, row, source), crop, error in ordered_map(_decode_crop, items()):
+                bar.update(1)
+                if crop is None:
+                    failed.append({"file": file, "row": row, "error": error})
+                    continue
+                crops[i], labels[i] = crop, source
+                index.append((file, row))
+                i += 1
+                if deadline is not None and deadline.expired():
+                    truncated = True
+                    break
         crops.flush()
         del crops
-    np.save(out / "labels.npy", labels)
+    if failed:
+        log.warning("%s: %d images could not be decoded and were skipped: %s", split, len(failed), failed[:10])
+    np.save(out / "labels.npy", labels[:i])
     pd.DataFrame(index, columns=["file", "row"]).to_parquet(out / "index.parquet", index=False)
-    info = {"split": split, "n": n, "crop_size": CROP_SIZE, "seed": seed,
-            "per_class": {str(c): int((labels == c).sum()) for c in np.unique(labels)}}
+    info = {"split": split, "n": i, "n_planned": n, "truncated": truncated, "crop_size": CROP_SIZE, "seed": seed,
+            "decode_failures": failed[:200], "per_class": {str(c): int((labels[:i] == c).sum()) for c in np.unique(labels[:i])}}
     write_json(info_path, info)
     return info
 
@@ -196,7 +235,7 @@ def load_prepared(split: str) -> PreparedSplit:
     if not info_path.exists():
         raise DataError(f"prepared split {split} missing or incomplete at {folder}: run prepare.py")
     info = read_json(info_path)
-    crops = np.load(folder / "crops.npy", mmap_mode="r")
+    crops = np.load(folder / "crops.npy", mmap_mode="r")[: info["n"]]
     labels = np.load(folder / "labels.npy")
     if len(crops) != info["n"] or len(labels) != info["n"]:
         raise DataError(f"prepared split {split} at {folder} is inconsistent: run prepare.py again")
@@ -205,3 +244,40 @@ def load_prepared(split: str) -> PreparedSplit:
 
 def prepared_splits() -> list[str]:
     return [s for s in LABELLED_SPLITS if (prepared_dir() / s / "info.json").exists()]
+
+
+MAX_TRAIN_IMAGES = 20_000  # ~4 GB of crops; more would not be seen in the training budget anyway
+PREPARE_ORDER = ("calibration", "train", "validation", "calibration_augmented", "validation_augmented")
+
+
+def prepare_all(recipe: pd.DataFrame, deadline: Deadline, seed: int = 0) -> dict:
+    """Prepare every labelled split within the deadline, most needed first.
+
+    Calibration comes first (no threshold without it) and times the decoding;
+    training then gets as many images as the time left allows after the
+    evaluation splits (a stratified subsample when it must), capped at
+    ``MAX_TRAIN_IMAGES``.
+    """
+    present = [s for s in PREPARE_ORDER if (recipe["split"] == s).any()]
+    kept = recipe[recipe["keep"]].groupby("split").size().to_dict()
+    infos, per_image = {}, None
+    for position, split in enumerate(present):
+        limit = None
+        if split == "train":
+            limit = MAX_TRAIN_IMAGES
+            if per_image is not None:
+                later = sum(kept.get(s, 0) for s in present[position + 1 :])
+                affordable = int(0.9 * deadline.remaining() / per_image) - later
+                limit = max(min(limit, affordable), min(kept.get("train", 0), 200))
+            if limit < kept.get("train", 0):
+                log.warning("time or space allows %d of %d training images: using a stratified subsample",
+                            limit, kept.get("train", 0))
+        started = time.monotonic()
+        infos[split] = prepare_split(split, recipe, seed=seed, deadline=deadline, limit=limit)
+        if infos[split]["n"]:
+            per_image = (time.monotonic() - started) / infos[split]["n"]
+        log.info("prepared %s: %d crops %s (%s)", split, infos[split]["n"], infos[split]["per_class"], deadline.describe())
+        if deadline.expired():
+            log.warning("time budget used up after %s; the remaining splits are not prepared", split)
+            break
+    return infos

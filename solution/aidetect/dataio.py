@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import DataError
@@ -88,7 +89,10 @@ def iter_batches(folder: Path, labelled: bool, batch_size: int = 64) -> Iterator
             images = record_batch.column("image").to_pylist()
             batch = Batch(file=path, first_row=first_row, images=images)
             if labelled:
-                batch.source_class = record_batch.column("source_class").to_numpy(zero_copy_only=False)
+                labels = record_batch.column("source_class")
+                if labels.null_count:  # a missing label becomes -1: the recipe drops it as outside 0..5
+                    labels = pc.fill_null(labels.cast(pa.int64()), -1)
+                batch.source_class = labels.to_numpy(zero_copy_only=False)
             else:
                 batch.row_id = record_batch.column("row_id").to_numpy(zero_copy_only=False)
             first_row += len(images)
@@ -149,7 +153,12 @@ def save_torch(target: Path, obj) -> None:
 def read_row_ids(folder: Path) -> np.ndarray:
     """All row ids of the predict split; a clear error for duplicates."""
     files = validate_split(folder, labelled=False)
-    ids = np.concatenate([pq.read_table(p, columns=["row_id"]).column("row_id").to_numpy() for p in files])
+    columns = [pq.read_table(p, columns=["row_id"]).column("row_id") for p in files]
+    for path, column in zip(files, columns):
+        if column.null_count:
+            raise DataError(f"{path}: row_id is missing (null) in {column.null_count} row(s); "
+                            "every row needs an integer row_id")
+    ids = np.concatenate([column.to_numpy() for column in columns])
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise DataError(f"{folder}: duplicate row_id values {unique[counts > 1][:20].tolist()}; "

@@ -75,3 +75,22 @@ def decode_rgb(data: bytes | None) -> np.ndarray:
         return to_rgb(image)
     except Exception as exc:
         raise DecodeError(f"could not convert mode {image.mode}: {exc}") from exc
+
+
+def read_size(data: bytes | None) -> tuple[int, int]:
+    """(width, height) from the header alone, or DecodeError: fast enough to scan a whole split."""
+    if data is None or len(data) == 0:
+        raise DecodeError("empty image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data)).size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"decompression bomb refused: {exc}") from exc
+    except Exception as exc:
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+    if width * height > MAX_PIXELS:
+        raise DecodeError(f"image of {width}x{height} exceeds {MAX_PIXELS} pixels")
+    if width < 1 or height < 1:
+        raise DecodeError("image has no pixels")
+    return width, height

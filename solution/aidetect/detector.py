@@ -27,6 +27,7 @@ from .decode import decode_rgb
 from .errors import DataError, DecodeError, PipelineError
 from .labels import binary_label
 from .metrics import detection_metrics
+from .parallel import ordered_map
 from .paths import EVALUATION_SPLITS, PREDICT_SPLIT, predictions_path, split_dir, task_dir
 from .progress import progress
 from .training import TrainConfig, fit, load_model, score_crops
@@ -37,8 +38,9 @@ MAX_FPR = 0.20
 DELTA = 0.05  # P(true FPR > MAX_FPR) <= DELTA
 SEED = 0
 
-TASK02_CONFIG = TrainConfig(policy="neutral", epochs=30, patience=8, lr=2e-3, seed=SEED)
-TASK03_CONFIG = TrainConfig(policy="robust", clean_fraction=0.3, epochs=24, patience=8, lr=1e-3, seed=SEED)
+TASK02_CONFIG = TrainConfig(policy="neutral", with_rgb=True, epochs=60, patience=12, lr=2e-3, seed=SEED)
+TASK03_CONFIG = TrainConfig(policy="robust", with_rgb=True, clean_fraction=0.3, epochs=30, patience=10, lr=1e-3,
+                            seed=SEED)
 TASK_CALIBRATION_SPLITS = {"task02": ("calibration",), "task03": ("calibration", "calibration_augmented")}
 REPORT_SPLITS = ("calibration", "calibration_augmented", "validation", "validation_augmented")
 
@@ -194,6 +196,19 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
 # --- prediction ---------------------------------------------------------------------
 
 
+def _decode_for_predict(item: tuple) -> tuple:
+    """Worker: (row_id, bytes, skip) -> (row_id, canonical crop or None, error or None)."""
+    row_id, data, skip = item
+    if skip:
+        return row_id, None, None
+    try:
+        return row_id, square_crop(decode_rgb(data), CROP_SIZE), None
+    except DecodeError as exc:
+        return row_id, None, str(exc)
+    except Exception as exc:  # one bad row must never cost the others their label
+        return row_id, None, f"{type(exc).__name__}: {exc}"
+
+
 def predict_task(task: str, deadline: Deadline, batch_size: int = 16) -> dict:
     """Write ``artifacts/<task>/predictions.csv`` with one label per predict row.
 
@@ -212,33 +227,38 @@ def predict_task(task: str, deadline: Deadline, batch_size: int = 16) -> dict:
 
     def flush():
         if pending_crops:
-            scores = detector.score(np.stack(pending_crops), None, "predict batch") if detector else None
-            labels.extend(detector.threshold.predict(scores).tolist() if detector else [0] * len(pending_crops))
+            scores = detector.score(np.stack(pending_crops), None, "predict batch")
+            labels.extend(detector.threshold.predict(scores).tolist())
             row_ids.extend(pending_ids)
             pending_ids.clear()
             pending_crops.clear()
 
     folder = split_dir(PREDICT_SPLIT)
     total = len(read_row_ids(folder))  # fails early, with a clear message, on duplicate row ids
-    with progress(total=total, desc=f"predict {task}", deadline=deadline) as bar:
+
+    def items():
         for batch in iter_batches(folder, labelled=False, batch_size=64):
             for row_id, data in zip(batch.row_id.tolist(), batch.images):
-                if detector is None or deadline.expired():
-                    if detector is not None:
-                        unscored.append(row_id)
-                    row_ids.append(row_id)
-                    labels.append(0)
-                    continue
-                try:
-                    pending_crops.append(square_crop(decode_rgb(data), CROP_SIZE))
-                    pending_ids.append(row_id)
-                except DecodeError as exc:
-                    undecodable.append({"row_id": row_id, "error": str(exc)})
-                    row_ids.append(row_id)
-                    labels.append(0)
+                # Past the deadline nothing more is decoded: the rows still get a label below.
+                yield row_id, data, detector is None or deadline.expired()
+
+    with progress(total=total, desc=f"predict {task}", deadline=deadline) as bar:
+        # Decoding runs in worker processes while the main process scores.
+        for row_id, crop, error in ordered_map(_decode_for_predict, items()):
+            bar.update(1)
+            if error is not None:
+                undecodable.append({"row_id": row_id, "error": error})
+            elif crop is None or deadline.expired():
+                if detector is not None:
+                    unscored.append(row_id)
+            else:
+                pending_crops.append(crop)
+                pending_ids.append(row_id)
                 if len(pending_crops) >= batch_size:
                     flush()
-            bar.update(len(batch.images))
+                continue
+            row_ids.append(row_id)
+            labels.append(0)
     flush()
     row_ids = np.asarray(row_ids, dtype=np.int64)
     order = np.argsort(row_ids, kind="stable")

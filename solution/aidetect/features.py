@@ -8,6 +8,8 @@ and colour (channel moments and saturation).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.stats import kurtosis
 
@@ -82,7 +84,10 @@ FEATURE_NAMES = [name for group in FEATURE_GROUPS.values() for name in group]
 
 def image_features(rgb: np.ndarray) -> np.ndarray:
     """Feature vector (len(FEATURE_NAMES),) of one uint8 RGB crop."""
-    feats = np.concatenate([radial_spectrum(_luma(rgb)), residual_features(rgb), colour_features(rgb)])
+    # Flat crops make moments and correlations undefined: they become 0 below, silently.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        feats = np.concatenate([radial_spectrum(_luma(rgb)), residual_features(rgb), colour_features(rgb)])
     return np.nan_to_num(feats.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 

@@ -29,12 +29,16 @@ _SRM = torch.tensor(
 
 
 class HighPassFrontEnd(nn.Module):
-    """Fixed filters: NPR residual per colour channel + 3 SRM residuals of the luma."""
+    """Fixed filters: NPR residual per colour channel + 3 SRM residuals of the luma.
 
-    out_channels = 6
+    With ``with_rgb`` the centred colour image is appended (3 more channels),
+    so colour statistics of generators can be used as well as residuals.
+    """
 
-    def __init__(self):
+    def __init__(self, with_rgb: bool = False):
         super().__init__()
+        self.with_rgb = with_rgb
+        self.out_channels = 9 if with_rgb else 6
         self.register_buffer("srm", _SRM.unsqueeze(1))  # (3, 1, 5, 5)
         self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
 
@@ -46,7 +50,8 @@ class HighPassFrontEnd(nn.Module):
         npr = x - F.interpolate(down, scale_factor=2.0, mode="nearest")
         grey = (x * self.luma).sum(dim=1, keepdim=True)
         srm = F.conv2d(grey, self.srm, padding=2)
-        return torch.cat([npr * 4.0, srm * 4.0], dim=1)
+        parts = [npr * 4.0, srm * 4.0] + ([x - 0.5] if self.with_rgb else [])
+        return torch.cat(parts, dim=1)
 
 
 class BasicBlock(nn.Module):
@@ -69,11 +74,11 @@ class BasicBlock(nn.Module):
 class TraceNet(nn.Module):
     """High-pass front end -> stem -> three residual stages -> embedding -> two heads."""
 
-    def __init__(self, width: int = 32, n_sources: int = 6, dropout: float = 0.2):
+    def __init__(self, width: int = 32, n_sources: int = 6, dropout: float = 0.2, with_rgb: bool = False):
         super().__init__()
-        self.front = HighPassFrontEnd()
+        self.front = HighPassFrontEnd(with_rgb)
         self.stem = nn.Sequential(
-            nn.Conv2d(HighPassFrontEnd.out_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+            nn.Conv2d(self.front.out_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )
         self.stages = nn.Sequential(
             BasicBlock(width, width, 2),
@@ -141,5 +146,7 @@ def build_model(arch: str, **kwargs) -> nn.Module:
 
 def to_tensor(batch_uint8) -> torch.Tensor:
     """(B, H, W, 3) uint8 numpy -> (B, 3, H, W) float in [0, 1]."""
+    if not batch_uint8.flags.writeable:  # read-only memmap slices: torch wants its own memory
+        batch_uint8 = batch_uint8.copy()
     tensor = torch.from_numpy(batch_uint8).permute(0, 3, 1, 2).float()
     return tensor.div_(255.0)

@@ -30,13 +30,9 @@ def clean(deadline: Deadline) -> None:
 
 
 def prepare(deadline: Deadline) -> None:
-    from .cleaning import load_or_build_recipe, prepare_split
+    from .cleaning import load_or_build_recipe, prepare_all
 
-    recipe = load_or_build_recipe(deadline)
-    # Training data first: the later stages need it most.
-    for split in ["train"] + [s for s in sorted(set(recipe["split"])) if s != "train"]:
-        info = prepare_split(split, recipe, deadline=deadline)
-        log.info("prepared %s: %d crops %s (%s)", split, info["n"], info["per_class"], deadline.describe())
+    prepare_all(load_or_build_recipe(deadline), deadline)
 
 
 def train(deadline: Deadline) -> None:
@@ -63,7 +59,14 @@ def predict_augmented(deadline: Deadline) -> None:
     predict_task("task03", deadline)
 
 
-STAGES = {f.__name__: f for f in (clean, prepare, train, predict, train_augmented, predict_augmented)}
+def attribute(deadline: Deadline) -> None:
+    """Not graded: which generator made each predict image, or an unknown one (attribute.py)."""
+    from .attribution import run_attribution
+
+    run_attribution(deadline)
+
+
+STAGES = {f.__name__: f for f in (clean, prepare, train, predict, train_augmented, predict_augmented, attribute)}
 
 
 def run_stage(name: str, argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     arch: str = "tracenet"
     width: int = 32
+    with_rgb: bool = False  # TraceNet: append the colour image to the high-pass inputs
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
@@ -46,7 +47,7 @@ class TrainConfig:
     eval_batch_size: int = 16
 
     def model_kwargs(self) -> dict:
-        return {"width": self.width} if self.arch == "tracenet" else {}
+        return {"width": self.width, "with_rgb": self.with_rgb} if self.arch == "tracenet" else {}
 
 
 @dataclass

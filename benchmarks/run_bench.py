@@ -1,0 +1,145 @@
+"""The benchmark on ../shared/proxy: everything the detector issue must show, in one run.
+
+    python benchmarks/run_bench.py --data ../shared/proxy --out benchmarks/results
+
+1. the course reference runtime (SPEC.md), measured first, on the same machine;
+2. the packaged six-stage pipeline through the grading harness with the official
+   timeouts (read-only data, no network), scored on the labelled predict split;
+3. the same trained detectors on a shortcut-flipped copy of the predict split;
+4. the model families (classical, TraceNet, course baseline) on the same data and budget.
+
+Writes ``<out>/<date>-proxy.json`` and ``<out>/<date>-proxy.md``; the run's
+artifacts stay in ``runs/proxy/`` for explainability, attribution and the report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from flipped import make_flipped  # noqa: E402
+from grade import grade, score_predictions, validate_predictions, read_predict_ids  # noqa: E402
+
+
+def step(title: str) -> None:
+    print(f"\n[bench] === {title} ({time.strftime('%H:%M:%S')})", flush=True)
+
+
+def reference_runtime(out_dir: Path) -> dict:
+    path = out_dir / "reference_runtime.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "reference_runtime.py"), "--json", str(path)], check=True)
+    return json.loads(path.read_text())
+
+
+def score_flipped(run_dir: Path, data_root: Path) -> dict:
+    """Predict the flipped split with the trained artifacts (both tasks) and score it."""
+    flipped_root = make_flipped(data_root, run_dir / "flipped")
+    artifacts = run_dir / "flipped_artifacts"
+    shutil.rmtree(artifacts, ignore_errors=True)
+    shutil.copytree(run_dir / "artifacts", artifacts)
+    env = dict(os.environ, AMLS_DATA_DIR=str(flipped_root / "data"), AMLS_ARTIFACTS_DIR=str(artifacts))
+    results = {}
+    for task, script in (("task02", "predict.py"), ("task03", "predict_augmented.py")):
+        subprocess.run([sys.executable, script, "--timeout_seconds", "600"], cwd=REPO / "solution", env=env, check=True)
+        info, preds = validate_predictions(str(artifacts / task / "predictions.csv"), read_predict_ids(str(flipped_root)))
+        results[task] = {"valid": info["valid"], "scores": score_predictions(preds, str(flipped_root / "labels" / "predict_labels.parquet"))}
+    return results
+
+
+def families(run_dir: Path, out_dir: Path, budget: float) -> dict:
+    path = out_dir / "families.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "families.py"), "--artifacts", str(run_dir / "artifacts"),
+                    "--budget", str(budget), "--out", str(path)], check=True)
+    return json.loads(path.read_text())
+
+
+def fmt(x, nd=3):
+    return "n/a" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def markdown(result: dict) -> str:
+    card = result["harness"]
+    lines = [f"# Proxy benchmark, {result['date']}", "",
+             f"Machine: {result['machine']['cpu']} ({result['machine']['nproc']} cores); command: `{result['command']}`", "",
+             "## Stages (official timeouts, read-only data, no network)", "",
+             "| stage | timeout s | wall s | exit | peak MB |", "|---|---|---|---|---|"]
+    for s in card["stages"]:
+        lines.append(f"| {s['name']} | {s['timeout_seconds']} | {s['wall_seconds']:.0f} | {s['exit_code']} | {fmt(s['peak_rss_mb'], 0)} |")
+    ref = result["reference"]["elapsed_seconds"]
+    train = sum(s["wall_seconds"] for s in card["stages"] if s["name"] in ("train", "train_augmented"))
+    lines += ["", f"Reference runtime (same machine, same run): {ref:.0f} s; 5x = {5 * ref:.0f} s. "
+              f"train + train_augmented wall time: {train:.0f} s = {train / ref:.2f}x the reference.", "",
+              "## Detection (threshold calibrated on calibration/, FPR cap 0.20)", "",
+              "| task | split | recall_ai | FPR | ROC AUC |", "|---|---|---|---|---|"]
+    for task in ("task02", "task03"):
+        mm = (card["tasks"][task].get("model_metrics") or {}).get("splits") or {}
+        for split in ("validation", "validation_augmented"):
+            m = mm.get(split, {})
+            lines.append(f"| {task} | {split} | {fmt(m.get('recall_ai'))} | {fmt(m.get('fpr'))} | {fmt(m.get('roc_auc'))} |")
+        sc = card["tasks"][task].get("scores") or {}
+        lines.append(f"| {task} | predict (labelled) | {fmt(sc.get('recall_ai'))} | {fmt(sc.get('fpr'))} | |")
+        fl = (result.get("flipped", {}).get(task) or {}).get("scores") or {}
+        lines.append(f"| {task} | predict, shortcut-flipped | {fmt(fl.get('recall_ai'))} | {fmt(fl.get('fpr'))} | |")
+    fam = result.get("families", {}).get("families", {})
+    if fam:
+        base = fam.get("course_baseline", {}).get("splits", {}).get("validation", {})
+        lines += ["", f"## Model families (same prepared data, {result['families']['budget_seconds']:.0f} s budget each)", "",
+                  "| family | val recall_ai | val FPR | val AUC | val_aug recall_ai | val_aug AUC | AUC / baseline | train s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, f in fam.items():
+            v, a = f["splits"].get("validation", {}), f["splits"].get("validation_augmented", {})
+            ratio = v.get("roc_auc") / base["roc_auc"] if base.get("roc_auc") else None
+            lines.append(f"| {name} | {fmt(v.get('recall_ai'))} | {fmt(v.get('fpr'))} | {fmt(v.get('roc_auc'))} | "
+                         f"{fmt(a.get('recall_ai'))} | {fmt(a.get('roc_auc'))} | {fmt(ratio, 2)} | {f['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "proxy"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--run-dir", default=str(REPO / "runs" / "proxy"))
+    parser.add_argument("--family-budget", type=float, default=300.0)
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--skip-families", action="store_true")
+    args = parser.parse_args(argv)
+    data_root, out_dir, run_dir = Path(args.data).resolve(), Path(args.out).resolve(), Path(args.run_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    date = time.strftime("%Y-%m-%d")
+    from reference_runtime import cpu_name
+
+    result = {"date": date, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "machine": {"cpu": cpu_name(), "nproc": os.cpu_count(), "host": platform.node()}}
+    if not args.skip_reference:
+        step("reference runtime")
+        result["reference"] = reference_runtime(run_dir)
+    step("six stages through the harness")
+    card = grade(str(data_root), str(REPO / "solution"), workspace=str(run_dir / "workspace"),
+                 out=str(run_dir / "scorecard.json"), artifacts_out=str(run_dir / "artifacts"))
+    result["harness"] = card
+    step("shortcut-flipped predict split")
+    result["flipped"] = score_flipped(run_dir, data_root)
+    if not args.skip_families:
+        step("model families")
+        result["families"] = families(run_dir, run_dir, args.family_budget)
+    (out_dir / f"{date}-proxy.json").write_text(json.dumps(result, indent=2, default=str))
+    if "reference" in result:
+        (out_dir / f"{date}-proxy.md").write_text(markdown(result))
+        print(markdown(result))
+    return 0 if card.get("all_valid") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

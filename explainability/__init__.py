@@ -1,0 +1,5 @@
+"""Explaining the detectors of ``solution/``: attributions, perturbation audits, error analysis.
+
+Entry point: ``python explainability/explain.py --help``. Everything here reads the
+artifacts of a pipeline run (checkpoints, prepared crops, metadata) and never trains.
+"""

@@ -1,0 +1,393 @@
+"""The figures: one function per figure, each saved as a PNG under 300 KB.
+
+Heat maps are drawn over a grey copy of the crop with their own colour bar;
+every figure says in its title what its numbers are.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy.ndimage import gaussian_filter  # noqa: E402
+
+from aidetect.labels import SOURCE_NAMES  # noqa: E402
+from aidetect.metrics import clopper_pearson  # noqa: E402
+
+MAX_BYTES = 290_000
+DPI = 100
+TASK_COLOURS = {"task02": "tab:blue", "task03": "tab:orange"}
+METHOD_COLOURS = {"gradcam": "tab:red", "integrated_gradients": "tab:purple", "occlusion": "tab:green"}
+METHOD_NAMES = {"gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion"}
+TASK_NAMES = {"task02": "Task 2 (plain)", "task03": "Task 3 (robust)"}
+
+
+def save(fig, path: Path) -> Path:
+    """Write ``fig`` as PNG; re-encode with a 256-colour palette, then lower the resolution, if too big."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dpi = DPI
+    while True:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi)
+        data = buffer.getvalue()
+        if len(data) > MAX_BYTES:
+            image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+            quantised = io.BytesIO()
+            image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(quantised, format="PNG", optimize=True)
+            data = quantised.getvalue()
+        if len(data) <= MAX_BYTES or dpi <= 50:
+            break
+        dpi = int(dpi * 0.8)
+    plt.close(fig)
+    tmp = path.with_suffix(".tmp.png")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def source_name(source: int | str) -> str:
+    return SOURCE_NAMES.get(int(source), str(source)).replace("generator_", "gen ")
+
+
+def _grey(crop: np.ndarray) -> np.ndarray:
+    return np.asarray(crop, dtype=np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
+
+
+def _overlay(ax, crop, heat, vmax, title, cmap="inferno"):
+    ax.imshow(_grey(crop), cmap="gray", vmin=0, vmax=1)
+    image = ax.imshow(heat, cmap=cmap, alpha=0.6, vmin=0, vmax=vmax)
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return image
+
+
+def _crop_panel(ax, crop, title):
+    ax.imshow(crop)
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def display_map(signed_map: np.ndarray, sign: float, smooth: float = 0.0) -> np.ndarray:
+    heat = np.maximum(np.asarray(signed_map, dtype=np.float64) * sign, 0.0)
+    return gaussian_filter(heat, smooth) if smooth > 0 else heat
+
+
+def _vmax(heat: np.ndarray) -> float:
+    top = float(np.percentile(heat, 99.5)) if heat.size else 0.0
+    return top if top > 0 else 1e-12
+
+
+# --- attribution figures -------------------------------------------------------------
+
+
+def attribution_panels(path: Path, task: str, rows: list[dict], methods: list[str]) -> Path:
+    """Rows of images: the crop, then each method's evidence for the model's decision.
+
+    ``rows``: {"crop", "title", "sign", "maps": {method: signed map}}.
+    """
+    n_cols = 1 + len(methods)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.3 * n_cols + 0.6, 2.25 * len(rows) + 0.7),
+                             squeeze=False, constrained_layout=True)
+    for r, row in enumerate(rows):
+        _crop_panel(axes[r, 0], row["crop"], row["title"])
+        for c, method in enumerate(methods, start=1):
+            smooth = 3.0 if method == "integrated_gradients" else 0.0
+            heat = display_map(row["maps"][method], row["sign"], smooth)
+            image = _overlay(axes[r, c], row["crop"], heat, _vmax(heat),
+                             METHOD_NAMES[method] + (" (smoothed)" if smooth else ""))
+            bar = fig.colorbar(image, ax=axes[r, c], fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=6)
+            bar.formatter.set_powerlimits((-2, 2))
+            bar.update_ticks()
+    fig.suptitle(f"{TASK_NAMES.get(task, task)}: evidence for the model's own decision "
+                 "(generated logit x sign of the decision, ReLU)", fontsize=10)
+    return save(fig, path)
+
+
+def mean_attention(path: Path, task: str, real_map: np.ndarray, generated_map: np.ndarray, counts: dict) -> Path:
+    """Mean Grad-CAM decision map of real vs generated images (each map scaled to mean 1)."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), constrained_layout=True)
+    top = max(float(real_map.max()), float(generated_map.max()), 1.0)
+    for ax, heat, name in ((axes[0], real_map, "real"), (axes[1], generated_map, "generated")):
+        image = ax.imshow(heat, cmap="inferno", vmin=0, vmax=top)
+        ax.set_title(f"{name} images (n={counts[name]})", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="attention / uniform")
+    difference = generated_map - real_map
+    limit = max(float(np.abs(difference).max()), 1e-6)
+    image = axes[2].imshow(difference, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    axes[2].set_title("generated - real", fontsize=9)
+    fig.colorbar(image, ax=axes[2], fraction=0.046, pad=0.02, label="difference")
+    for ax in axes:
+        ax.set_xlabel("x (pixels of the 256 crop)")
+        ax.set_ylabel("y")
+    fig.suptitle(f"{TASK_NAMES.get(task, task)}: mean Grad-CAM evidence for the decision (1 = uniform attention)",
+                 fontsize=10)
+    return save(fig, path)
+
+
+def error_gallery(path: Path, task: str, sections: list[dict], threshold: float) -> Path:
+    """Most confident false positives and false negatives, with their Grad-CAM maps when available.
+
+    ``sections``: {"title", "items": [{"crop", "score", "source", "sign", "map" or None}]}.
+    """
+    n_cols = max(1, max(len(s["items"]) for s in sections))
+    has_maps = any(item.get("map") is not None for s in sections for item in s["items"])
+    rows_per = 2 if has_maps else 1
+    fig, axes = plt.subplots(rows_per * len(sections), n_cols, figsize=(2.0 * n_cols + 0.4, 2.15 * rows_per * len(sections) + 0.8),
+                             squeeze=False, constrained_layout=True)
+    for s, section in enumerate(sections):
+        for c in range(n_cols):
+            top_ax = axes[rows_per * s, c]
+            bottom_ax = axes[rows_per * s + 1, c] if has_maps else None
+            if c >= len(section["items"]):
+                top_ax.axis("off")
+                if bottom_ax is not None:
+                    bottom_ax.axis("off")
+                continue
+            item = section["items"][c]
+            _crop_panel(top_ax, item["crop"], f"{source_name(item['source'])}, logit {item['score']:.2f}")
+            if c == 0:
+                top_ax.set_ylabel(section["title"], fontsize=8)
+            if bottom_ax is not None:
+                if item.get("map") is None:
+                    bottom_ax.axis("off")
+                    continue
+                heat = display_map(item["map"], item["sign"])
+                image = _overlay(bottom_ax, item["crop"], heat, _vmax(heat), "Grad-CAM, decision evidence")
+                bar = fig.colorbar(image, ax=bottom_ax, fraction=0.046, pad=0.02)
+                bar.ax.tick_params(labelsize=6)
+                bar.formatter.set_powerlimits((-2, 2))
+                bar.update_ticks()
+        if not section["items"]:
+            axes[rows_per * s, 0].text(0.5, 0.5, "none", ha="center", va="center")
+    fig.suptitle(f"{TASK_NAMES.get(task, task)}: most confident errors at the calibrated threshold "
+                 f"(logit > {threshold:.2f} = generated)", fontsize=10)
+    return save(fig, path)
+
+
+def deletion_curves(path: Path, deletions: dict[str, dict]) -> Path:
+    """Mean generated logit as blocks are blurred away, attribution order vs random order, per task."""
+    tasks = list(deletions)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.4 * len(tasks), 4.0), squeeze=False, constrained_layout=True)
+    for ax, task in zip(axes[0], tasks):
+        summary = deletions[task]
+        fractions = np.asarray(summary["fractions"]) * 100
+        for method, curve in summary["mean_logit"].items():
+            ax.plot(fractions, curve, marker="o", ms=3, color=METHOD_COLOURS.get(method),
+                    label=f"{METHOD_NAMES.get(method, method)} (area {summary['auc'][method]:.2f})")
+        seeds = np.asarray(summary["random_mean_logit_by_seed"])
+        ax.fill_between(fractions, seeds.min(axis=0), seeds.max(axis=0), color="grey", alpha=0.3)
+        ax.plot(fractions, summary["random_mean_logit"], color="black", ls="--",
+                label=f"random order, {len(seeds)} seeds (area {summary['auc_random']:.2f})")
+        if summary.get("threshold") is not None:
+            ax.axhline(summary["threshold"], color="grey", ls=":", lw=1, label="calibrated threshold")
+        ax.set_xlabel("share of 8x8 blocks replaced by their blur (%)")
+        ax.set_ylabel("mean generated logit")
+        ax.set_title(f"{TASK_NAMES.get(task, task)}: {summary['n_images']} generated images", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Deletion test: most-attributed blocks first; a faithful map falls faster than random", fontsize=10)
+    return save(fig, path)
+
+
+# --- audits ---------------------------------------------------------------------------
+
+
+def shortcut_overview(path: Path, audits: dict[str, dict]) -> Path:
+    """Per variant and task: mean logit shift, and the share labelled generated, for real and generated images."""
+    tasks = list(audits)
+    variants = list(next(iter(audits.values()))["variants"])
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 3.7 * len(tasks)), squeeze=False, constrained_layout=True)
+    x = np.arange(len(variants))
+    for row, task in zip(axes, tasks):
+        audit = audits[task]["variants"]
+        for offset, name, colour in ((-0.2, "real", "tab:green"), (0.2, "generated", "tab:red")):
+            shifts = [audit[v][name].get("mean_shift", np.nan) for v in variants]
+            row[0].bar(x + offset, shifts, width=0.4, color=colour, label=f"{name} images")
+        row[0].axhline(0, color="black", lw=0.8)
+        row[0].set_ylabel("mean logit change")
+        row[0].set_title(f"{TASK_NAMES.get(task, task)}: score shift after the change", fontsize=9)
+        labels = ["original"] + variants
+        for name, colour, what in (("real", "tab:green", "real: false-positive rate"),
+                                   ("generated", "tab:red", "generated: recall")):
+            first = audit[variants[0]][name]
+            if first.get("n", 0) == 0:
+                continue
+            values = [first["share_generated_before"]] + [audit[v][name]["share_generated_after"] for v in variants]
+            row[1].plot(np.arange(len(labels)), values, marker="o", color=colour, label=what)
+        row[1].set_ylim(-0.03, 1.03)
+        row[1].set_ylabel("share labelled generated")
+        row[1].set_title(f"{TASK_NAMES.get(task, task)}: decisions at the calibrated threshold", fontsize=9)
+        row[1].set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        row[0].set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
+        for ax in row:
+            ax.grid(alpha=0.3, axis="y")
+            ax.legend(fontsize=8)
+    fig.suptitle("Shortcut audit on the validation images: re-encoded, resized, re-cropped or framed originals "
+                 "through the pipeline's own decode and crop", fontsize=10)
+    return save(fig, path)
+
+
+def shortcut_by_source(path: Path, task: str, audit: dict) -> Path:
+    """Heat table: share labelled generated after each change, per source class (colour = change)."""
+    variants = list(audit["variants"])
+    sources = sorted({s for v in variants for s in audit["variants"][v]["per_source"]}, key=int)
+    before = np.array([[audit["variants"][variants[0]]["per_source"][s]["share_generated_before"]] for s in sources])
+    after = np.array([[audit["variants"][v]["per_source"][s]["share_generated_after"] for v in variants] for s in sources])
+    table = np.hstack([before, after])
+    change = table - before
+    fig, ax = plt.subplots(figsize=(1.0 * len(variants) + 3.2, 0.55 * len(sources) + 1.8), constrained_layout=True)
+    image = ax.imshow(change, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    for i in range(table.shape[0]):
+        for j in range(table.shape[1]):
+            ax.text(j, i, f"{table[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(np.arange(len(variants) + 1), ["original"] + variants, rotation=30, ha="right", fontsize=8)
+    counts = [audit["variants"][variants[0]]["per_source"][s]["n"] for s in sources]
+    ax.set_yticks(np.arange(len(sources)), [f"{source_name(s)} (n={n})" for s, n in zip(sources, counts)], fontsize=8)
+    fig.colorbar(image, ax=ax, label="change in share labelled generated")
+    ax.set_title(f"{TASK_NAMES.get(task, task)}: share labelled generated per source after each change\n"
+                 "(real row = false-positive rate, generator rows = recall)", fontsize=9)
+    return save(fig, path)
+
+
+def frequency_curves(path: Path, summaries: dict[str, dict]) -> Path:
+    """Recall, false-positive rate and ROC AUC after low- and high-pass filtering, per task."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    for column, kind in enumerate(("low_pass", "high_pass")):
+        for task, summary in summaries.items():
+            cutoffs = sorted(summary.get(kind, {}), key=float)
+            if not cutoffs:
+                continue
+            x = [float(c) for c in cutoffs]
+            colour = TASK_COLOURS.get(task)
+            name = TASK_NAMES.get(task, task)
+            axes[0, column].plot(x, [summary[kind][c]["recall_ai"] for c in cutoffs], marker="o", color=colour,
+                                 label=f"{name}: recall")
+            axes[0, column].plot(x, [summary[kind][c]["fpr"] for c in cutoffs], marker="s", ls="--", color=colour,
+                                 label=f"{name}: false-positive rate")
+            axes[0, column].axhline(summary["unfiltered"]["recall_ai"], color=colour, lw=0.8, alpha=0.5)
+            auc = [summary[kind][c]["roc_auc"] for c in cutoffs]
+            axes[1, column].plot(x, auc, marker="o", color=colour, label=f"{name}")
+            axes[1, column].axhline(summary["unfiltered"]["roc_auc"], color=colour, lw=0.8, alpha=0.5)
+        label = "kept: |f| <= cut-off" if kind == "low_pass" else "kept: |f| > cut-off (+ mean colour)"
+        axes[0, column].set_title(f"{kind.replace('_', '-')} filtered crops ({label})", fontsize=9)
+        axes[0, column].set_ylabel("share at the calibrated threshold")
+        axes[0, column].set_ylim(-0.03, 1.03)
+        axes[1, column].set_ylabel("ROC AUC (threshold-free)")
+        axes[1, column].axhline(0.5, color="grey", ls=":", lw=1)
+        axes[1, column].set_ylim(0.0, 1.02)
+        for ax in axes[:, column]:
+            ax.set_xlabel("cut-off (fraction of the Nyquist frequency)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle("Which frequencies carry the evidence (thin lines: unfiltered crops)", fontsize=10)
+    return save(fig, path)
+
+
+def spectra(path: Path, spectra_: dict) -> Path:
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.9), constrained_layout=True,
+                             gridspec_kw={"width_ratios": [1, 1, 1, 1.25]})
+    low = min(float(spectra_["real"].min()), float(spectra_["generated"].min()))
+    high = max(float(spectra_["real"].max()), float(spectra_["generated"].max()))
+    extent = (-0.5, 0.5, 0.5, -0.5)
+    for ax, name in zip(axes[:2], ("real", "generated")):
+        image = ax.imshow(spectra_[name], cmap="viridis", vmin=low, vmax=high, extent=extent)
+        ax.set_title(f"mean log10 power, {name} (n={spectra_['counts'][name]})", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    difference = spectra_["generated"] - spectra_["real"]
+    limit = float(np.percentile(np.abs(difference), 99.5)) or 1e-6
+    image = axes[2].imshow(difference, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent)
+    axes[2].set_title("generated - real (log10 power)", fontsize=9)
+    fig.colorbar(image, ax=axes[2], fraction=0.046, pad=0.02)
+    for ax in axes[:3]:
+        ax.set_xlabel("horizontal frequency (cycles/pixel)")
+        ax.set_ylabel("vertical frequency")
+    for source, profile in spectra_["radial"].items():
+        axes[3].plot(spectra_["radial_frequency"], profile, label=source_name(source),
+                     color="black" if source == "0" else None, lw=2 if source == "0" else 1)
+    axes[3].set_xlabel("radial frequency (fraction of Nyquist)")
+    axes[3].set_ylabel("mean log10 power")
+    axes[3].set_title("azimuthal average per source", fontsize=9)
+    axes[3].legend(fontsize=7)
+    axes[3].grid(alpha=0.3)
+    fig.suptitle("Spectra of the validation crops (luma, Hann window)", fontsize=10)
+    return save(fig, path)
+
+
+def per_source_rates(path: Path, rates: dict[str, dict]) -> Path:
+    """Share labelled generated per source class at each task's threshold, with 95 % Clopper-Pearson intervals.
+
+    ``rates``: {task: {source: (n_labelled_generated, n)}}.
+    """
+    tasks = list(rates)
+    sources = sorted({s for r in rates.values() for s in r}, key=int)
+    fig, ax = plt.subplots(figsize=(1.3 * len(sources) + 2.5, 3.9), constrained_layout=True)
+    width = 0.8 / max(1, len(tasks))
+    for t, task in enumerate(tasks):
+        hits = [rates[task].get(s, (0, 0)) for s in sources]
+        share = np.array([k / n if n else np.nan for k, n in hits])
+        intervals = np.array([clopper_pearson(k, n) if n else (np.nan, np.nan) for k, n in hits])
+        x = np.arange(len(sources)) + (t - (len(tasks) - 1) / 2) * width
+        ax.bar(x, share, width=width, color=TASK_COLOURS.get(task), label=TASK_NAMES.get(task, task),
+               yerr=np.vstack([share - intervals[:, 0], intervals[:, 1] - share]), capsize=3)
+    counts = [max(n for _, n in (rates[t].get(s, (0, 0)) for t in tasks)) for s in sources]
+    ax.set_xticks(np.arange(len(sources)), [f"{source_name(s)}\n(n={n})" for s, n in zip(sources, counts)], fontsize=8)
+    ax.axhline(0.2, color="grey", ls=":", lw=1, label="FPR cap 0.2 (real)")
+    ax.set_ylabel("share labelled generated")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Validation: false-positive rate (real) and recall per generator, 95 % intervals", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return save(fig, path)
+
+
+def image_statistics(path: Path, task: str, table, scores: np.ndarray, predicted: np.ndarray, threshold: float) -> Path:
+    """Score against texture and brightness (errors marked), and the error rate per original format."""
+    labels = (table["source_class"].to_numpy() >= 1).astype(int)
+    wrong = predicted != labels
+    has_format = "format" in table
+    fig, axes = plt.subplots(1, 3 if has_format else 2, figsize=(15 if has_format else 10, 4), constrained_layout=True)
+    for ax, column, scale in ((axes[0], "texture", "log"), (axes[1], "brightness", "linear")):
+        for label, colour, name in ((0, "tab:green", "real"), (1, "tab:red", "generated")):
+            member = labels == label
+            ax.scatter(table[column][member & ~wrong], scores[member & ~wrong], s=12, color=colour, alpha=0.6,
+                       label=f"{name}, correct")
+            ax.scatter(table[column][member & wrong], scores[member & wrong], s=40, color=colour, marker="x",
+                       label=f"{name}, error")
+        ax.axhline(threshold, color="black", ls=":", lw=1, label="threshold")
+        ax.set_xscale(scale)
+        ax.set_xlabel({"texture": "texture: mean |Laplacian| of the crop's luma",
+                       "brightness": "brightness: mean luma of the crop (0-255)"}[column])
+        ax.set_ylabel("generated logit")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if has_format:
+        formats = table["format"].fillna("unknown").astype(str).to_numpy()
+        kinds = sorted(set(formats))
+        x = np.arange(len(kinds))
+        for offset, label, colour, name in ((-0.2, 0, "tab:green", "real: FP rate"),
+                                            (0.2, 1, "tab:red", "generated: miss rate")):
+            member = labels == label
+            rates = [np.mean(wrong[member & (formats == k)]) if (member & (formats == k)).any() else np.nan for k in kinds]
+            counts = [int((member & (formats == k)).sum()) for k in kinds]
+            bars = axes[2].bar(x + offset, rates, width=0.4, color=colour, label=name)
+            for bar, n in zip(bars, counts):
+                if n:
+                    axes[2].text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, f"n={n}",
+                                 ha="center", fontsize=7)
+        axes[2].set_xticks(x, kinds)
+        axes[2].set_ylim(0, 1.05)
+        axes[2].set_xlabel("format of the original file")
+        axes[2].set_ylabel("error rate")
+        axes[2].legend(fontsize=7)
+        axes[2].grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{TASK_NAMES.get(task, task)}: errors against image statistics (validation)", fontsize=10)
+    return save(fig, path)

@@ -1,0 +1,214 @@
+"""Attribution and open set (``aidetect/attribution.py``, ``attribute.py``).
+
+The stage test runs ``attribute.py`` on a copy of the shared demo run's artifacts. The
+demo run may end without a network (its training budget is seconds); the fixture then
+trains a two-epoch one, because attribution needs an embedding and the stage is meant
+to run after a trained network exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import beta, binom
+
+REPO = Path(__file__).resolve().parents[1]
+SOLUTION = REPO / "solution"
+
+from aidetect.attribution import (  # noqa: E402  (conftest puts solution/ on the path)
+    OUTLIER, OUTLIER_MAX_FPR, OUTLIER_SCORES, CentroidClassifier, attribution_score, calibrate_outlier_threshold,
+    rate_bound,
+)
+from aidetect.calibration import calibrate_threshold  # noqa: E402
+from aidetect.labels import SOURCE_CLASSES  # noqa: E402
+
+ALLOWED_LABELS = {"real", "generator_1", "generator_2", "generator_3", "generator_4", "generator_5", "outlier"}
+
+
+# --- the metric and the pieces, on hand-made numbers -----------------------------------------
+
+
+def test_attribution_score_counts_outliers_as_misses_and_unknowns_as_false_positives():
+    true = np.array([0, 0, 1, 1, 2, 2, 9, 9])  # 9: a source outside the known classes
+    labels = np.array([0, OUTLIER, 1, 1, 1, 2, OUTLIER, 2])
+    result = attribution_score(true, labels, known=(0, 1, 2), w=1.0)
+    per = result["per_class"]
+    assert per["0"]["tpr"] == 0.5 and per["0"]["fpr"] == 0.0
+    assert per["1"]["tpr"] == 1.0 and per["1"]["fpr"] == pytest.approx(1 / 6)
+    assert per["2"]["tpr"] == 0.5 and per["2"]["fpr"] == pytest.approx(1 / 6)  # the unknown called 2
+    assert per["1"]["score"] == pytest.approx(1.0 / (1 + 1 / 6))
+    assert result["macro_score"] == pytest.approx(np.mean([v["score"] for v in per.values()]))
+    assert result["outlier_rate_known"] == pytest.approx(1 / 6)
+    assert result["outlier_rate_unknown"] == 0.5
+    assert attribution_score(true, labels, (0, 1, 2), w=5.0)["macro_score"] < result["macro_score"]
+
+
+def test_nearest_centroid_classifies_separated_clusters_and_rates_them_distinguishable():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, size=(3, 8))
+    labels = np.repeat([0, 3, 5], 40)
+    embeddings = centres[np.repeat([0, 1, 2], 40)] + rng.normal(0, 1, size=(120, 8))
+    clf = CentroidClassifier().fit(embeddings, labels)
+    assert clf.classes.tolist() == [0, 3, 5]
+    assert np.mean(clf.predict(embeddings) == labels) == 1.0
+    ratios = clf.distinguishability(embeddings, labels)
+    assert all(v["ratio"] > 3 for v in ratios["per_class"].values())
+    far = centres.mean(axis=0, keepdims=True) + 100.0
+    assert clf.outlier_score(far)[0] > clf.outlier_score(embeddings).max()
+
+
+def test_rate_bound_of_the_fallback_and_of_the_rule():
+    few = calibrate_threshold(np.arange(183.0), OUTLIER_MAX_FPR, 0.05)  # fewer than the 299 the rule needs
+    assert not few.guaranteed and few.order_statistic_k == 183
+    assert rate_bound(few) == pytest.approx(1 - 0.05 ** (1 / 183))
+    enough = calibrate_threshold(np.arange(1000.0), OUTLIER_MAX_FPR, 0.05)
+    assert enough.guaranteed and rate_bound(enough) <= OUTLIER_MAX_FPR + 1e-9
+
+
+def test_outlier_threshold_keeps_its_cap_on_fresh_known_scores():
+    """The guarantee, checked on a distribution we can sample: n = 400 >= 299, so it is guaranteed."""
+    rng = np.random.default_rng(1)
+    threshold, summary = calibrate_outlier_threshold({"a": rng.gamma(2.0, size=400), "b": rng.gamma(2.0, size=400)})
+    assert summary["guaranteed_all_sets"]
+    fresh = rng.gamma(2.0, size=200_000)
+    assert np.mean(threshold.predict(fresh)) <= OUTLIER_MAX_FPR
+
+
+# --- the stage on the demo run ----------------------------------------------------------------
+
+
+def _ensure_network(artifacts: Path) -> str:
+    """Make sure task02 or task03 holds a network; train two epochs if the demo run had no time to."""
+    from aidetect.attribution import load_network
+    from aidetect.budget import Deadline
+    from aidetect.calibration import calibrate_threshold as calibrate
+    from aidetect.cleaning import load_prepared
+    from aidetect.detector import DELTA, MAX_FPR, TASK02_CONFIG, save_detector_description
+    from aidetect.paths import task_dir
+    from aidetect.training import fit, score_crops, with_overrides
+
+    try:
+        return load_network()[0]
+    except Exception:
+        pass
+    config = with_overrides(TASK02_CONFIG, epochs=2, patience=2)
+    model, result = fit(config, load_prepared("train"), task_dir("task02"), Deadline(90, start=time.monotonic()), 5.0)
+    calibration = load_prepared("calibration")
+    real = np.asarray(calibration.crops[calibration.source_class == 0])
+    threshold = calibrate(score_crops(model, real), MAX_FPR, DELTA)
+    save_detector_description("task02", "network", "model_best.pt", threshold, {"arch": config.arch})
+    return load_network()[0]
+
+
+@pytest.fixture(scope="module")
+def attribution_run(demo_run, demo_root, tmp_path_factory):
+    """attribute.py on a copy of the demo run's artifacts: (artifacts folder, process, model task)."""
+    artifacts = tmp_path_factory.mktemp("attribution") / "artifacts"
+    shutil.copytree(demo_run["artifacts"], artifacts)
+    env = {**os.environ, "AMLS_ARTIFACTS_DIR": str(artifacts), "AMLS_DATA_DIR": str(demo_root / "data"),
+           "MPLBACKEND": "Agg"}
+    saved = {k: os.environ.get(k) for k in ("AMLS_ARTIFACTS_DIR", "AMLS_DATA_DIR")}
+    os.environ.update({k: env[k] for k in saved})
+    try:
+        task = _ensure_network(artifacts)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    proc = subprocess.run([sys.executable, "attribute.py", "--timeout_seconds", "240"], cwd=SOLUTION, env=env,
+                          capture_output=True, text=True, timeout=300)
+    return artifacts, proc, task
+
+
+def test_attribute_stage_writes_one_valid_label_per_predict_row(attribution_run, demo_run, demo_root):
+    artifacts, proc, _ = attribution_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    predictions = pd.read_csv(artifacts / "attribution" / "predictions.csv")
+    assert list(predictions.columns) == ["row_id", "predicted_source"]
+    expected = pd.read_parquet(demo_root / "data" / "predict", columns=["row_id"])["row_id"]
+    assert sorted(predictions["row_id"].tolist()) == sorted(expected.tolist())
+    assert predictions["row_id"].is_unique
+    assert set(predictions["predicted_source"]) <= ALLOWED_LABELS
+
+    metrics = json.loads((artifacts / "attribution" / "metrics.json").read_text())
+    for split in ("validation", "validation_augmented"):
+        result = metrics["splits"][split]
+        for clf in ("head", "centroid"):
+            assert np.asarray(result["closed_set"][clf]["confusion"]).shape == (6, 6)
+            assert 0.0 <= result["closed_set"][clf]["accuracy"] <= 1.0
+            assert set(result["open_set"][clf]) == set(OUTLIER_SCORES)
+        assert (artifacts / "attribution" / "figures" / f"confusion_{split}.png").stat().st_size > 0
+    assert set(metrics["calibration"]) == set(OUTLIER_SCORES)
+    assert metrics["predict"]["n_rows"] == len(expected)
+    # The six graded outputs are untouched.
+    for task in ("task02", "task03"):
+        original = demo_run["artifacts"] / task / "predictions.csv"
+        if original.exists():
+            assert (artifacts / task / "predictions.csv").read_bytes() == original.read_bytes()
+
+
+def test_outlier_cap_holds_on_held_out_known_images(attribution_run):
+    """Known validation images called outliers stay within what the calibration rule promises.
+
+    Under exchangeability the true rate p of the k-th of n calibration scores is
+    Beta(n - k + 1, k); the validation count is Binomial(m, p). We accept unless the
+    count exceeds the 99.9 % quantile of the binomial at the 99.9 % bound on p, so a
+    correct rule fails this test with probability below 0.2 %, while a threshold that
+    ignores the cap (e.g. the median) fails it.
+    """
+    artifacts, proc, _ = attribution_run
+    assert proc.returncode == 0
+    metrics = json.loads((artifacts / "attribution" / "metrics.json").read_text())
+    pairs = {"calibration": "validation", "calibration_augmented": "validation_augmented"}
+    clf = metrics["deployed"]["classifier"]
+    checked = 0
+    for score, cal in metrics["calibration"].items():
+        for cal_set, t in cal["per_set"].items():
+            # The empirical rate on the calibration set itself never exceeds the cap.
+            assert t["empirical_rate_at_final"] <= OUTLIER_MAX_FPR
+            split = metrics["splits"].get(pairs[cal_set])
+            if split is None:
+                continue
+            n, k = t["n_calibration"], t["order_statistic_k"]
+            p_bound = beta.ppf(0.999, n - k + 1, k)
+            result = split["open_set"][clf][score]
+            m = result["n_known"]
+            rejected = round(result["outlier_rate_known"] * m)
+            assert rejected <= binom.ppf(0.999, m, p_bound), (score, cal_set, rejected, m, p_bound)
+            checked += 1
+    assert checked >= len(OUTLIER_SCORES)
+
+
+def test_leave_one_generator_out_reduced_run_reports_its_fields(attribution_run, tmp_path, monkeypatch):
+    artifacts, _, _ = attribution_run
+    from aidetect.attribution import leave_one_generator_out, logo_config
+    from aidetect.budget import Deadline
+    from aidetect.cleaning import load_prepared
+    from aidetect.detector import TASK02_CONFIG
+
+    monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(artifacts))
+    evaluation = {"validation": load_prepared("validation")}
+    result = leave_one_generator_out(3, logo_config(TASK02_CONFIG, epochs=2), load_prepared("train"),
+                                     load_prepared("calibration"), evaluation, tmp_path / "logo",
+                                     Deadline(60, start=time.monotonic()))
+    assert result["held_out"] == 3 and 3 not in result["known"]
+    assert 1 <= result["fit"]["epochs_run"] <= 2
+    assert result["binary_threshold"]["max_fpr"] == 0.2
+    held = result["splits"]["validation"]["held_out"]
+    assert held["n"] > 0 and 0.0 <= held["flagged_generated"] <= 1.0
+    assert set(held["rejected_outlier"]) == set(OUTLIER_SCORES)
+    assert all(0.0 <= v <= 1.0 for v in held["rejected_outlier"].values())
+    per_class = result["splits"]["validation"]["per_class"]
+    assert set(per_class) == {str(c) for c in SOURCE_CLASSES}
+    assert per_class["3"]["held_out"] and not per_class["1"]["held_out"]
+    assert set(result["splits"]["validation"]["known_outlier_rate"]) == set(OUTLIER_SCORES)

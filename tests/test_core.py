@@ -1,0 +1,96 @@
+"""Units the stages rely on: crops, augmentation, features, metrics, budget, models."""
+import numpy as np
+import pytest
+import torch
+
+from aidetect.augment import NEUTRAL, ROBUST, augment
+from aidetect.budget import Deadline, available_cpus, safety_margin
+from aidetect.crops import CROP_SIZE, TRAIN_CROP, square_crop
+from aidetect.features import FEATURE_NAMES, image_features
+from aidetect.metrics import clopper_pearson, detection_metrics
+from aidetect.models import build_model, to_tensor
+
+
+def test_square_crop_keeps_native_pixels_on_the_8_pixel_grid():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8)
+    crop = square_crop(image)
+    assert crop.shape == (CROP_SIZE, CROP_SIZE, 3)
+    top, left = (375 - 256) // 2 // 8 * 8, (500 - 256) // 2 // 8 * 8
+    assert np.array_equal(crop, image[top:top + 256, left:left + 256])
+    random_crop = square_crop(image, rng=np.random.default_rng(3))
+    matches = [(t, l) for t in range(0, 120, 8) for l in range(0, 245, 8)
+               if np.array_equal(random_crop, image[t:t + 256, l:l + 256])]
+    assert matches, "random crops must also sit on the 8-pixel grid"
+
+
+def test_small_images_are_upscaled_to_the_crop():
+    assert square_crop(np.zeros((40, 90, 3), np.uint8)).shape == (CROP_SIZE, CROP_SIZE, 3)
+
+
+@pytest.mark.parametrize("policy", [NEUTRAL, ROBUST])
+def test_augment_gives_training_crops_of_fixed_size(policy):
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
+    views = [augment(crop, policy, rng) for _ in range(20)]
+    assert all(v.shape == (TRAIN_CROP, TRAIN_CROP, 3) and v.dtype == np.uint8 for v in views)
+    assert len({v.tobytes() for v in views}) == 20
+
+
+def test_augment_is_reproducible_with_the_same_seed():
+    crop = np.random.default_rng(0).integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
+    a = augment(crop, ROBUST, np.random.default_rng(5))
+    b = augment(crop, ROBUST, np.random.default_rng(5))
+    assert np.array_equal(a, b)
+
+
+def test_features_are_finite_and_named():
+    rgb = np.random.default_rng(0).integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
+    features = image_features(rgb)
+    assert features.shape == (len(FEATURE_NAMES),) and np.isfinite(features).all()
+    flat = np.full((256, 256, 3), 128, np.uint8)
+    assert np.isfinite(image_features(flat)).all()
+
+
+def test_detection_metrics_counts():
+    source = np.array([0, 0, 0, 0, 1, 2, 3, 4])
+    predicted = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    scores = predicted + 0.1 * np.arange(8)
+    m = detection_metrics(source, scores, predicted)
+    assert m["confusion"] == {"tn": 3, "fp": 1, "fn": 1, "tp": 3}
+    assert m["fpr"] == 0.25 and m["recall_ai"] == 0.75
+    assert m["recall_per_class"] == {"1": 1.0, "2": 1.0, "3": 0.0, "4": 1.0}
+    lo, hi = m["fpr_ci95"]
+    assert lo < 0.25 < hi
+
+
+def test_clopper_pearson_edges():
+    assert clopper_pearson(0, 10)[0] == 0.0
+    assert clopper_pearson(10, 10)[1] == 1.0
+    lo, hi = clopper_pearson(14, 72)
+    assert 0.10 < lo < 0.195 < hi < 0.31
+
+
+def test_deadline_keeps_a_margin():
+    deadline = Deadline(100)
+    assert deadline.margin == safety_margin(100) == 8.0
+    assert deadline.remaining() <= 92.0
+    assert Deadline(1800).margin == 120.0
+    assert 1 <= available_cpus() <= 8
+
+
+@pytest.mark.parametrize("arch", ["tracenet", "course_baseline"])
+def test_models_are_fully_convolutional_with_two_heads(arch):
+    model = build_model(arch).eval()
+    for size in (128, 256, 200):
+        x = to_tensor(np.zeros((2, size, size, 3), np.uint8))
+        binary, source, embedding = model.forward_all(x)
+        assert binary.shape == (2,) and source.shape == (2, 6) and embedding.shape[0] == 2
+    with torch.no_grad():
+        assert model(x).shape == (2,)
+
+
+def test_tracenet_front_end_ignores_flat_colour_without_rgb():
+    model = build_model("tracenet").eval()
+    flat = torch.full((1, 3, 64, 64), 0.3)
+    assert model.front(flat)[:, :6, 4:-4, 4:-4].abs().max() < 1e-6
