@@ -177,9 +177,9 @@ def print_table(runs: list[dict]) -> None:
           f"{'peak MB':>8}")
     for run in runs:
         for s in run["stages"]:
+            in_time = "yes" if s["ended_before_timeout"] else "NO"
             print(f"{run['factor']:>6} {run['timeout_scale']:>6g} {s['name']:<18} {s['timeout_seconds']:>7} "
-                  f"{s['wall_seconds']:>8.1f} {str(s['exit_code']):>5} {'yes' if s['ended_before_timeout'] else 'NO':>7} "
-                  f"{s['peak_rss_mb'] or 0:>8.0f}")
+                  f"{s['wall_seconds']:>8.1f} {str(s['exit_code']):>5} {in_time:>7} {s['peak_rss_mb'] or 0:>8.0f}")
         for task, t in run["tasks"].items():
             print(f"{'':>6} {'':>6} {task}: valid={t['valid']} detector={t['detector']} recall_ai={t['recall_ai']} "
                   f"fpr={t['fpr']}")
@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="dataset root with data/<split>/ and labels/")
     parser.add_argument("--factors", default="1,10", help="comma list of replication factors (1 = the data as is)")
-    parser.add_argument("--timeout-scales", default="1.0,0.1", help="comma list of multipliers of the official timeouts")
+    parser.add_argument("--timeout-scales", default="1.0,0.1",
+                        help="comma list of multipliers of the official timeouts")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder of <date>-scale.json")
     parser.add_argument("--workdir", default=None, help="where the replicated data and runs go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the replicated data, logs and artifacts")

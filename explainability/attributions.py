@@ -26,7 +26,7 @@ from aidetect.models import to_tensor
 from .loading import TaskModel
 
 BLUR_SIGMA = 3.0  # pixels
-BLOCK = 8  # deletion unit: one cell of the last block's feature map (stride 8) and one JPEG block
+BLOCK = 8  # deletion unit in pixels: one JPEG block, at most one cell of the last block's feature map
 DELETION_FRACTIONS = np.round(np.linspace(0.0, 1.0, 11), 2)  # steps of 10 %
 N_RANDOM_ORDERS = 3
 IG_STEPS = 16
@@ -79,7 +79,7 @@ def gradcam_completeness(model: TaskModel, crops: np.ndarray) -> dict:
     With global average pooling and a linear head, Grad-CAM's channel weights
     are the head's weights over the number of cells, so the cells sum to
     ``logit - bias``: Grad-CAM is then the class activation map, an exact
-    decomposition of the score over 8x8-pixel cells. Measured, not assumed.
+    decomposition of the score over the cells. Measured, not assumed.
     """
     x = to_tensor(np.array(crops)).requires_grad_(True)
     with torch.enable_grad():
@@ -88,8 +88,21 @@ def gradcam_completeness(model: TaskModel, crops: np.ndarray) -> dict:
         logits = model.logits(x)
     bias = head_bias(model)
     error = (layer_map.detach().sum(dim=(1, 2, 3)) - (logits - bias)).abs()
+    cells = list(layer_map.shape[-2:])
     return {"n": int(len(crops)), "max_abs_error": float(error.max()),
-            "mean_abs_logit": float(logits.abs().mean()), "cells": list(layer_map.shape[-2:])}
+            "mean_abs_logit": float(logits.abs().mean()), "cells": cells,
+            "cell_px": int(round(crops.shape[1] / cells[0])), "receptive_field_px": receptive_field(model, crops[:1])}
+
+
+def receptive_field(model: TaskModel, crop: np.ndarray) -> int:
+    """Side in pixels of the input region that moves the central cell of the last block (measured by gradient)."""
+    x = to_tensor(np.array(crop)).requires_grad_(True)
+    with torch.enable_grad():
+        features = model.network.feature_map(x.contiguous(memory_format=torch.channels_last))
+        features[0, :, features.shape[2] // 2, features.shape[3] // 2].sum().backward()
+    reach = x.grad[0].abs().sum(dim=0) > 0
+    rows, cols = np.flatnonzero(reach.any(dim=1).numpy()), np.flatnonzero(reach.any(dim=0).numpy())
+    return int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)) if len(rows) else 0
 
 
 def integrated_gradients_maps(model: TaskModel, crops: np.ndarray, baselines: np.ndarray,

@@ -14,6 +14,8 @@ from aidetect.labels import SOURCE_NAMES
 TASK_NAMES = {"task02": "Task 2 (plain)", "task03": "Task 3 (robust)"}
 METHOD_NAMES = {"gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradients", "occlusion": "occlusion"}
 DIFFUSE_TOP10 = 0.30  # top-10 % pixels holding less than this share of the mass = diffuse map
+WEAK_AUC = 0.65  # below this validation ROC AUC, explanations describe a model that barely works
+CLEAR_SHIFT = 0.05  # a change of the share called generated larger than 5 points counts as a change
 VARIANT_WORDS = {
     "png": "re-encoding as PNG (lossless)", "jpeg_q95": "JPEG at quality 95", "jpeg_q75": "JPEG at quality 75",
     "jpeg_q50": "JPEG at quality 50", "resize_x0.5": "down-scaling by 0.5", "resize_x1.5": "up-scaling by 1.5",
@@ -54,6 +56,17 @@ def write_discussion(path: Path, summary: dict) -> Path:
     tmp.write_text(text)
     tmp.replace(path)
     return Path(path)
+
+
+def weak(t: dict) -> bool:
+    auc = (t.get("validation") or {}).get("roc_auc")
+    return auc is not None and auc < WEAK_AUC
+
+
+def weak_note(t: dict) -> str:
+    return (f" Caution: this model separates the classes poorly (validation ROC AUC "
+            f"{num(t['validation']['roc_auc'])}, below {num(WEAK_AUC)}), so its maps explain a weak model."
+            if weak(t) else "")
 
 
 def _tasks(summary):
@@ -98,7 +111,12 @@ def _performance(summary) -> str:
 
 
 def _attention(summary) -> str:
-    lines = ["## 2. Where the detector looks (Grad-CAM, figures `*_gradcam_mean.png`, `*_attributions.png`)", ""]
+    lines = ["## 2. Where the detector looks (Grad-CAM, figures `*_gradcam_mean.png`, `*_attributions.png`, "
+             "`*_errors.png`)", "",
+             "Grad-CAM of the generated logit on the last residual block, without its ReLU and centred so that the "
+             "cells of an image sum to its logit minus the threshold: red cells push the image over the threshold, "
+             "blue ones below it. Concentration is measured on the evidence for the model's own decision "
+             "(the map times the sign of the decision, negative part dropped)."]
     for task, t in _tasks(summary):
         g = t.get("gradcam")
         if not g:
@@ -113,29 +131,32 @@ def _attention(summary) -> str:
         top = [a.get("top10_mass") for a in (real, generated) if a.get("top10_mass") is not None]
         diffuse = bool(top) and max(top) < DIFFUSE_TOP10
         lines.append(
-            f"- {name(task)}: the 10 % most-attributed pixels hold {pct(real.get('top10_mass'))} of the evidence "
+            f"- {name(task)}: the 10 % strongest pixels hold {pct(real.get('top10_mass'))} of the decision evidence "
             f"on real and {pct(generated.get('top10_mass'))} on generated images (a uniform map: 10 %); the central "
             f"quarter of the crop holds {pct(real.get('centre_share'))} / {pct(generated.get('centre_share'))} "
             f"(uniform: {pct(real.get('centre_uniform'))}), the outer 16 px {pct(real.get('border_share'))} / "
             f"{pct(generated.get('border_share'))} (uniform: {pct(real.get('border_uniform'))}). "
-            + ("The maps are diffuse, texture-wide evidence rather than a few objects, as expected from a "
-               "trace-based detector (rule: top-10 % share below "
-               f"{pct(DIFFUSE_TOP10)})." if diffuse else
-               f"The maps are more concentrated than a texture-wide trace detector would suggest (top-10 % share "
-               f"at or above {pct(DIFFUSE_TOP10)}): check the attribution figures for objects or edges.")
+            + (("The evidence is diffuse and texture-wide rather than on a few objects, as expected from a "
+                f"trace-based detector (rule: top-10 % share below {pct(DIFFUSE_TOP10)})." if diffuse else
+                f"The evidence is more concentrated than a texture-wide trace detector would suggest (top-10 % share "
+                f"at or above {pct(DIFFUSE_TOP10)}): look at the attribution figures for objects or edges.")
+               if top else "No image has evidence for its decision in the map.")
             + f" The mean maps of real and generated images correlate at "
-              f"{num(g.get('mean_map_correlation_real_vs_generated'))}."
+              f"{num(g.get('mean_map_correlation_real_vs_generated'))} across pixels."
             + (f" Grad-CAM is exact here: with global average pooling and a linear head its cells sum to the "
                f"logit minus the bias (largest error {completeness['max_abs_error']:.1e} over "
                f"{completeness['n']} crops), so it is the class activation map, a true decomposition of the score "
-               f"over {completeness['cells'][0]}x{completeness['cells'][1]} cells of 8x8 pixels; each cell still "
-               f"sees a neighbourhood of about 50 px through its receptive field." if exact else ""))
+               f"over {completeness['cells'][0]}x{completeness['cells'][1]} cells of {completeness['cell_px']}x"
+               f"{completeness['cell_px']} pixels; each cell still sees a {completeness['receptive_field_px']}-px "
+               f"neighbourhood through its receptive field, so a cell's value is not caused by its own pixels alone."
+               if exact else "")
+            + weak_note(t))
     return "\n".join(lines)
 
 
 def _faithfulness(summary) -> str:
     lines = ["## 3. Are the maps faithful? The deletion test (figure `deletion_curves.png`)", "",
-             "Blocks of 8x8 pixels are replaced by the blurred image, most-attributed first, in steps of 10 %; "
+             "Blocks of 8x8 pixels (one JPEG block) are replaced by the blurred image, most-attributed first, in steps of 10 %; "
              "the mean generated logit of the generated images should fall faster than under random order "
              "(three random seeds). The area under the curve summarises it (smaller = faster fall)."]
     for task, t in _tasks(summary):
@@ -160,7 +181,7 @@ def _faithfulness(summary) -> str:
         lines.append(
             f"- {name(task)} ({d['n_images']} generated images, {d['n_correctly_detected']} of them detected): "
             f"areas {parts}; random order {num(d['auc_random'])} (seeds {num(min(seeds))} to {num(max(seeds))}). "
-            f"{verdict}.")
+            f"{verdict}." + weak_note(t))
         if a.get("skipped_gradient_methods"):
             lines.append(f"  {a['skipped_gradient_methods']}.")
         o = a.get("deletion_occlusion_subset")
@@ -203,7 +224,9 @@ def _frequency(summary) -> str:
             text += " High-pass (only |f| > cut-off kept): " + "; ".join(
                 f"{c}: recall {pct(v['recall_ai'])}, FPR {pct(v['fpr'])}, AUC {num(v['roc_auc'])}"
                 for c, v in sorted(high.items(), key=lambda kv: float(kv[0]))) + "."
-        if low and high:
+        if low and high and (base["roc_auc"] or 0) < WEAK_AUC:
+            text += (f" The unfiltered AUC is below {num(WEAK_AUC)}, so the filtering says little about this model.")
+        elif low and high:
             coarse = low.get(min(low, key=float))
             fine = high.get(max(high, key=float))
             if coarse and fine and coarse["roc_auc"] is not None and fine["roc_auc"] is not None:
@@ -225,7 +248,7 @@ def _variant_line(v: dict, variant: str) -> str:
             f"real logits {signed(real.get('mean_shift'))}, FPR {pct(real.get('share_generated_before'))} -> "
             f"{pct(real.get('share_generated_after'))}"]
     if v.get("n_identical_crops"):
-        bits.append(f" ({v['n_identical_crops']} crops unchanged pixel for pixel)")
+        bits.append(f" (crops unchanged pixel for pixel: {v['n_identical_crops']})")
     return "".join(bits)
 
 
@@ -261,8 +284,10 @@ def _shortcuts(summary) -> str:
                    "either JPEG erases the traces the detector reads, or the detector has learned that JPEG blocks "
                    "mean 'camera photo' (the real photos of this data are JPEG files). The shift of the real images, "
                    "which are JPEGs already, and the Task 2 / Task 3 comparison below tell the two apart better than "
-                   "this test alone." if drop < -0.05 else
-                   "The decision survives moderate compression."))
+                   "this test alone." if drop < -CLEAR_SHIFT else
+                   f"The share called generated barely moves (mean logit shift of generated images "
+                   f"{signed(jpeg['generated'].get('mean_shift'))}, of real ones "
+                   f"{signed(jpeg['real'].get('mean_shift'))})."))
     for task, t in _tasks(summary):
         stats = t.get("image_statistics")
         if not stats:

@@ -148,7 +148,7 @@ def analyse_gradcam(run: Run) -> None:
             real_mean, generated_mean = maps[labels == 0].mean(axis=0), maps[labels == 1].mean(axis=0)
             both = real_mean.std() > 0 and generated_mean.std() > 0
             run.task_summary(task)["gradcam"] = {
-                "layer": "stages[-1] (last residual block, stride 8), bilinear upsampling to 256x256",
+                "layer": "stages[-1] (last residual block), bilinear upsampling to the crop",
                 "map": "signed Grad-CAM of the generated logit, centred so the cells sum to logit - threshold",
                 "attention_of": "evidence for the model's own decision: ReLU(map x sign of the decision)",
                 "attention": {"real": attributions.attention_statistics(decision[labels == 0]),
@@ -163,8 +163,10 @@ def analyse_gradcam(run: Run) -> None:
                                    "generated": [float(generated_mean.min()), float(generated_mean.max())]},
                 "completeness": attributions.gradcam_completeness(model, np.asarray(run.data.crops[:8])),
             }
+            cell_px = run.task_summary(task)["gradcam"]["completeness"]["cell_px"]
             path = figures.mean_attention(run.out / f"{task}_gradcam_mean.png", task, real_mean, generated_mean,
-                                          {"real": int((labels == 0).sum()), "generated": int((labels == 1).sum())})
+                                          {"real": int((labels == 0).sum()), "generated": int((labels == 1).sum())},
+                                          cell_px)
             run.figure(f"{task}_gradcam_mean", path)
         run.figure(f"{task}_errors", _error_gallery(run, task, maps))
 
@@ -181,7 +183,7 @@ def _error_gallery(run: Run, task: str, maps: np.ndarray | None) -> Path:
         wrong = ranked[predicted[ranked] != label]
         chosen, title = (wrong, wrong_title) if len(wrong) else (ranked, near_title)
         items = [{"crop": np.asarray(run.data.crops[i]), "score": float(scores[i]), "source": int(run.data.source_class[i]),
-                  "sign": 1.0 if predicted[i] == 1 else -1.0, "map": None if maps is None else maps[i]}
+                  "map": None if maps is None else maps[i]}
                  for i in chosen[:N_GALLERY]]
         sections.append({"title": title, "items": items})
     return figures.error_gallery(run.out / f"{task}_errors.png", task, sections, run.models[task].threshold)
@@ -307,7 +309,7 @@ def _attribute_task(run: Run, task: str, model: TaskModel) -> dict:
     }
     displayed = [i for i in range(min(4, len(sample))) if all(n_done[m] > i for m in maps)]
     if displayed:
-        rows = [{"crop": crops[i], "sign": 1.0 if predicted[sample[i]] == 1 else -1.0,
+        rows = [{"crop": crops[i],
                  "title": (f"{figures.source_name(run.data.source_class[sample[i]])}, logit {scores[sample[i]]:.2f}\n"
                            f"{_outcome(labels[sample[i]], predicted[sample[i]])}"),
                  "maps": {m: maps[m][i] for m in maps}} for i in displayed]

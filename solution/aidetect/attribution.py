@@ -32,6 +32,7 @@ rates are stored so that any W can be recomputed.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -90,17 +91,19 @@ class Embedded:
 
 
 @torch.no_grad()
-def embed(model: torch.nn.Module, crops, deadline: Deadline | None = None, desc: str = "embed",
+def embed(model: torch.nn.Module, crops, deadline: Deadline | None = None, desc: str | None = "embed",
           batch_size: int = EMBED_BATCH, index: np.ndarray | None = None) -> Embedded:
     """Network outputs for the crops (uint8 (N, H, W, 3), e.g. a memmap), or for ``crops[index]``.
 
     Reads one batch at a time, so a memory-mapped split is never loaded whole.
-    Stops early (returning the first rows only) if ``deadline`` expires.
+    Stops early (returning the first rows only) if ``deadline`` expires. No
+    progress bar when ``desc`` is None.
     """
     model.eval()
     outs = [[], [], []]
     total = len(crops) if index is None else len(index)
-    with progress(total=total, desc=desc, deadline=deadline) as bar:
+    bar_context = progress(total=total, desc=desc, deadline=deadline) if desc else contextlib.nullcontext()
+    with bar_context as bar:
         for start in range(0, total, batch_size):
             if deadline is not None and deadline.expired():
                 log.warning("%s: time budget ran out after %d of %d crops", desc, start, total)
@@ -109,7 +112,8 @@ def embed(model: torch.nn.Module, crops, deadline: Deadline | None = None, desc:
             batch = np.asarray(crops[rows])
             for store, value in zip(outs, model.forward_all(to_tensor(batch))):
                 store.append(value.numpy().astype(np.float64))
-            bar.update(len(batch))
+            if bar is not None:
+                bar.update(len(batch))
     if not outs[0]:
         dim = getattr(model, "embedding_dim", 0)
         return Embedded(np.zeros(0), np.zeros((0, len(SOURCE_CLASSES))), np.zeros((0, dim)))
@@ -502,7 +506,7 @@ def predict_folder(attributor: Attributor | None, folder: Path, target: Path, de
 
     def flush():
         if pending_crops:
-            emb = embed(attributor.model, np.stack(pending_crops), None, "attribute batch")
+            emb = embed(attributor.model, np.stack(pending_crops), None, desc=None)
             labels.extend(attributor.label(emb).tolist())
             row_ids.extend(pending_ids)
             pending_ids.clear()
@@ -573,7 +577,7 @@ def run_attribution(deadline: Deadline, out_dir: Path | None = None, predict: bo
         train = load_prepared("train")
         # Keep the centroid step within about a third of the budget: time one batch first.
         t0 = time.monotonic()
-        embed(model, train.crops[:EMBED_BATCH], None, "timing probe")
+        embed(model, train.crops[:EMBED_BATCH], None, desc=None)
         per_image = (time.monotonic() - t0) / max(1, min(EMBED_BATCH, len(train)))
         per_class = None
         affordable = int(deadline.remaining() / 3 / max(per_image, 1e-4))
@@ -657,7 +661,7 @@ def leave_one_generator_out(held_out: int, config, train: PreparedSplit, calibra
     from .models import build_model
 
     t0 = time.monotonic()
-    embed(build_model(config.arch, **config.model_kwargs()), reduced.crops[:EMBED_BATCH], None, "timing probe")
+    embed(build_model(config.arch, **config.model_kwargs()), reduced.crops[:EMBED_BATCH], None, desc=None)
     reserve = 2.0 * (time.monotonic() - t0) / max(1, min(EMBED_BATCH, len(reduced))) * n_after + 5.0
     model, fit_result = fit(config, reduced, Path(out_dir), deadline, reserve, resume=False)
 

@@ -10,7 +10,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import DecodeError
 
@@ -37,11 +37,17 @@ def open_image(data: bytes | None) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"decompression bomb refused: {exc}") from exc
+    except UnidentifiedImageError as exc:  # its own message names only a BytesIO object
+        raise DecodeError(_unknown_format(data)) from exc
     except Exception as exc:  # PIL raises many types for corrupt data
         raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
     if image.width < 1 or image.height < 1:
         raise DecodeError("image has no pixels")
     return image
+
+
+def _unknown_format(data: bytes) -> str:
+    return f"not an image format PIL reads ({len(data)} bytes starting {data[:8]!r})"
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -87,6 +93,8 @@ def read_size(data: bytes | None) -> tuple[int, int]:
             width, height = Image.open(io.BytesIO(data)).size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"decompression bomb refused: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise DecodeError(_unknown_format(data)) from exc
     except Exception as exc:
         raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
     if width * height > MAX_PIXELS:

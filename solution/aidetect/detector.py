@@ -30,7 +30,9 @@ from .metrics import detection_metrics
 from .parallel import ordered_map
 from .paths import EVALUATION_SPLITS, PREDICT_SPLIT, predictions_path, split_dir, task_dir
 from .progress import progress
-from .training import TrainConfig, fit, load_model, score_crops
+from .features import image_features
+from .models import build_model
+from .training import TrainConfig, fit, holdout_views, load_model, score_crops, selection_score, stratified_holdout
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,47 @@ REPORT_SPLITS = ("calibration", "calibration_augmented", "validation", "validati
 # --- detectors as files -------------------------------------------------------------
 
 
+class FusedScorer:
+    """``w * z(network logit) + (1 - w) * z(classical log-odds)``.
+
+    Each score is standardised by the mean and spread of the *holdout* real
+    images' scores (never the calibration images, which stay reserved for the
+    threshold), so the weight means the same whatever the scales.
+    """
+
+    def __init__(self, network, classical, weight: float, stats: dict):
+        self.network, self.classical, self.weight, self.stats = network, classical, weight, stats
+
+    def combine(self, network_scores: np.ndarray, classical_scores: np.ndarray) -> np.ndarray:
+        st = self.stats
+        z_net = (network_scores - st["network_mean"]) / st["network_std"]
+        z_cls = (classical_scores - st["classical_mean"]) / st["classical_std"]
+        return self.weight * z_net + (1 - self.weight) * z_cls
+
+    def score(self, crops: np.ndarray, deadline: Deadline | None = None, desc: str = "score") -> np.ndarray:
+        return self.combine(score_crops(self.network, crops, 16, deadline, desc), self.classical.score(crops))
+
+
 class Detector:
-    """A scoring function plus its calibrated threshold."""
+    """A scoring function plus its calibrated threshold.
+
+    ``kind`` is ``network`` (TraceNet alone), ``fusion`` (TraceNet and the
+    classical model), or ``classical`` (the fallback alone).
+    """
 
     def __init__(self, kind: str, scorer, threshold: Threshold, info: dict):
         self.kind, self.scorer, self.threshold, self.info = kind, scorer, threshold, info
 
+    @property
+    def network(self):
+        """The torch model inside (for gradient explanations), or None."""
+        return {"network": self.scorer, "fusion": getattr(self.scorer, "network", None)}.get(self.kind)
+
     def score(self, crops: np.ndarray, deadline: Deadline | None = None, desc: str = "score") -> np.ndarray:
         if self.kind == "network":
             return score_crops(self.scorer, crops, 16, deadline, desc)
+        if self.kind == "fusion":
+            return self.scorer.score(crops, deadline, desc)
         return self.scorer.score(crops)
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
@@ -68,6 +102,11 @@ def save_detector_description(task: str, kind: str, weights: str, threshold: Thr
                {"kind": kind, "weights": weights, "threshold": threshold.to_dict(), **extra})
 
 
+def _load_pickle(path: Path):
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
 def load_detector(task: str) -> Detector:
     folder = task_dir(task)
     path = folder / "detector.json"
@@ -75,13 +114,16 @@ def load_detector(task: str) -> Detector:
         raise PipelineError(f"no trained detector at {path}")
     description = read_json(path)
     threshold = Threshold(**description["threshold"])
-    weights = folder / description["weights"]
-    if description["kind"] == "network":
-        scorer = load_model(weights)
+    kind = description["kind"]
+    if kind == "network":
+        scorer = load_model(folder / description["weights"])
+    elif kind == "fusion":
+        fusion = description["fusion"]
+        scorer = FusedScorer(load_model(folder / description["weights"]), _load_pickle(folder / fusion["classical"]),
+                             fusion["weight"], fusion["stats"])
     else:
-        with open(weights, "rb") as handle:
-            scorer = pickle.load(handle)
-    return Detector(description["kind"], scorer, threshold, description)
+        scorer = _load_pickle(folder / description["weights"])
+    return Detector(kind, scorer, threshold, description)
 
 
 # --- training a task ----------------------------------------------------------------
@@ -91,61 +133,98 @@ def _load_optional(split: str) -> PreparedSplit | None:
     return load_prepared(split) if split in prepared_splits() else None
 
 
-def _real_scores(detector_score, splits: dict[str, PreparedSplit], names) -> dict[str, np.ndarray]:
-    sets = {}
-    for name in names:
-        data = splits.get(name)
-        if data is None:
-            continue
-        real = data.source_class == 0
-        sets[name] = detector_score(np.asarray(data.crops[real]), name)
-    if not sets:
-        raise DataError(f"no real images in the calibration splits {names}: cannot calibrate a threshold")
-    return sets
+def _calibrate(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray], task: str) -> tuple[Threshold, dict]:
+    """The task's threshold from the real images of its calibration splits."""
+    real = {name: scores[name][labels[name] == 0] for name in TASK_CALIBRATION_SPLITS[task] if name in scores}
+    if not real or not any(len(r) for r in real.values()):
+        raise DataError(f"no real images in the calibration splits {TASK_CALIBRATION_SPLITS[task]}: cannot calibrate")
+    return calibrate_on_several(real, MAX_FPR, DELTA)
 
 
-def fit_fallback(task: str, train: PreparedSplit, splits: dict[str, PreparedSplit]) -> Detector:
-    """The classical detector, fitted and calibrated in seconds, saved as the active detector."""
+def classical_training_views(task: str, train: PreparedSplit, indices: np.ndarray, seed: int):
+    """Crops and labels the classical model learns from: clean crops, plus robust views for Task 3."""
+    crops = [np.asarray(train.crops[i]) for i in indices]
+    labels = list(binary_label(train.source_class[indices]))
+    if task == "task03":
+        from .augment import ROBUST, augment
+
+        rng = np.random.default_rng([seed, 3])
+        crops += [augment(np.asarray(train.crops[i]), ROBUST, rng) for i in indices]
+        labels += list(binary_label(train.source_class[indices]))
+    return crops, np.asarray(labels)
+
+
+def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: dict[str, PreparedSplit],
+                 seed: int) -> tuple[ClassicalDetector, dict]:
+    """The classical detector, fitted and calibrated in seconds, saved as the active detector.
+
+    Returns the model and its scores on every evaluation split.
+    """
     t0 = time.monotonic()
-    model = ClassicalDetector("logistic").fit(np.asarray(train.crops), binary_label(train.source_class))
-    threshold, per_set = calibrate_on_several(
-        _real_scores(lambda crops, _: model.score(crops), splits, TASK_CALIBRATION_SPLITS[task]), MAX_FPR, DELTA)
-    folder = task_dir(task)
-    with atomic_path(folder / "fallback.pkl") as tmp, open(tmp, "wb") as handle:
+    crops, labels = classical_training_views(task, train, indices, seed)
+    features = np.stack([image_features(c) for c in crops])
+    model = ClassicalDetector("boosting").fit_features(features, labels)
+    scores = {name: model.score(np.asarray(data.crops)) for name, data in splits.items()}
+    threshold, per_set = _calibrate(scores, {n: d.source_class for n, d in splits.items()}, task)
+    with atomic_path(task_dir(task) / "fallback.pkl") as tmp, open(tmp, "wb") as handle:
         pickle.dump(model, handle)
     save_detector_description(task, "classical", "fallback.pkl", threshold,
                               {"calibration_sets": per_set, "fit_seconds": time.monotonic() - t0})
     log.info("fallback classical detector ready in %.1fs (threshold %.3f)", time.monotonic() - t0, threshold.value)
-    return Detector("classical", model, threshold, {})
+    return model, scores
 
 
-def evaluate(detector: Detector, splits: dict[str, PreparedSplit], deadline: Deadline | None) -> dict:
-    """Metrics at the calibrated threshold on every prepared evaluation split."""
-    results = {}
-    for name in REPORT_SPLITS:
-        data = splits.get(name)
-        if data is None or len(data) == 0:
-            continue
-        scores = detector.score(np.asarray(data.crops), deadline, desc=f"evaluate {name}")
-        results[name] = detection_metrics(data.source_class, scores, detector.threshold.predict(scores))
-    return results
+FUSION_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def choose_fusion(network, classical: ClassicalDetector, train: PreparedSplit, holdout: np.ndarray,
+                  config: TrainConfig) -> tuple[float, dict, dict]:
+    """Pick the network's weight in the fusion on the training holdout (neither model trained on it).
+
+    The holdout views are the clean crops, plus robust views for a robust
+    policy; the criterion is the one that selected the network's epoch.
+    """
+    y = binary_label(train.source_class[holdout])
+    if len(holdout) == 0 or len(np.unique(y)) < 2:
+        log.warning("no usable training holdout to weigh the fusion: using the network alone")
+        return 1.0, {"network_mean": 0.0, "network_std": 1.0, "classical_mean": 0.0, "classical_std": 1.0}, {}
+    views = holdout_views(train, holdout, config)
+    per_view = [(score_crops(network, crops), classical.score(crops)) for _, crops in views]
+    clean_net, clean_cls = per_view[0]
+    real = y == 0
+    stats = {"network_mean": float(clean_net[real].mean()), "network_std": float(clean_net[real].std() + 1e-6),
+             "classical_mean": float(clean_cls[real].mean()), "classical_std": float(clean_cls[real].std() + 1e-6)}
+    grid = {}
+    for weight in FUSION_WEIGHTS:
+        fused = FusedScorer(None, None, weight, stats)
+        values = [selection_score(y, fused.combine(n, c)) for n, c in per_view]
+        grid[weight] = float(np.mean(values))
+    best = max(grid.values())
+    weight = max(w for w, v in grid.items() if v >= best - 1e-9)  # ties go to the network
+    return weight, stats, grid
+
+
+def evaluate_scores(scores: dict[str, np.ndarray], splits: dict[str, PreparedSplit], threshold: Threshold) -> dict:
+    return {name: detection_metrics(splits[name].source_class, s, threshold.predict(s))
+            for name, s in scores.items() if len(s)}
 
 
 def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Path | None = None) -> dict:
-    """Fallback first, then the network; calibrate, evaluate, write metrics.json."""
+    """Fallback first, then the network, then their fusion; calibrate, evaluate, write metrics.json."""
     started = time.monotonic()
     train = load_prepared("train")
     splits = {name: _load_optional(name) for name in REPORT_SPLITS}
     splits = {k: v for k, v in splits.items() if v is not None}
     if "calibration" not in splits:
         raise DataError("the calibration split is missing from artifacts/prepared: run prepare.py")
+    labels = {name: data.source_class for name, data in splits.items()}
+    train_idx, holdout_idx = stratified_holdout(train.source_class, config.holdout_fraction, config.seed)
 
-    fallback = fit_fallback(task, train, splits)
-    n_eval = sum(len(s) for s in splits.values())
+    classical, classical_scores = fit_fallback(task, train, train_idx, splits, config.seed)
+    classical_threshold, _ = _calibrate(classical_scores, labels, task)
+    n_eval = sum(len(s) for s in splits.values()) + len(holdout_idx) * 2
     # Time to score the evaluation splits after training: measured on 32 crops, doubled for safety.
     probe = np.asarray(splits["calibration"].crops[:32])
-    from .models import build_model
-
     t0 = time.monotonic()
     score_crops(build_model(config.arch, **config.model_kwargs()), probe, desc="timing probe")
     per_image = (time.monotonic() - t0) / max(1, len(probe))
@@ -167,26 +246,34 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     else:
         log.warning("no time left to train the network (%s); keeping the fallback", deadline.describe())
 
-    detector = fallback
+    metrics = {"task": task, "seed": config.seed, "config": asdict(config), "train_images": len(train),
+               "fit": asdict(fit_result) if fit_result else None,
+               "classical_splits": evaluate_scores(classical_scores, splits, classical_threshold)}
+    kind, threshold, final_scores = "classical", classical_threshold, classical_scores
     if network is not None and (task_dir(task) / "model_best.pt").exists():
-        score = lambda crops, name: score_crops(network, crops, 16, deadline, f"calibrate {name}")  # noqa: E731
-        threshold, per_set = calibrate_on_several(
-            _real_scores(score, splits, TASK_CALIBRATION_SPLITS[task]), MAX_FPR, DELTA)
-        detector = Detector("network", network, threshold, {})
-        save_detector_description(task, "network", "model_best.pt", threshold, {
-            "arch": config.arch, "calibration_sets": per_set, "fit": asdict(fit_result)})
-    metrics = {
-        "task": task,
-        "detector": detector.kind,
-        "seed": config.seed,
-        "config": asdict(config),
-        "threshold": detector.threshold.to_dict(),
-        "splits": evaluate(detector, splits, None),
-        "fallback_splits": evaluate(fallback, splits, None) if detector is not fallback else None,
-        "fit": asdict(fit_result) if fit_result else None,
-        "train_images": len(train),
-        "seconds": time.monotonic() - started,
-    }
+        network_scores = {name: score_crops(network, data.crops, 16, deadline, f"score {name}")
+                          for name, data in splits.items()}
+        network_threshold, _ = _calibrate(network_scores, labels, task)
+        metrics["network_splits"] = evaluate_scores(network_scores, splits, network_threshold)
+        weight, stats, grid = choose_fusion(network, classical, train, holdout_idx, config)
+        metrics["fusion"] = {"weight": weight, "holdout_selection_score": {str(k): v for k, v in grid.items()},
+                             "stats": stats}
+        fused = FusedScorer(network, classical, weight, stats)
+        fused_scores = {name: fused.combine(network_scores[name], classical_scores[name]) for name in splits}
+        if weight == 1.0:
+            kind, final_scores = "network", network_scores
+        elif weight > 0.0:
+            kind, final_scores = "fusion", fused_scores
+        threshold, per_set = _calibrate(final_scores, labels, task)
+        if kind != "classical":
+            save_detector_description(task, kind, "model_best.pt", threshold, {
+                "arch": config.arch, "calibration_sets": per_set, "fit": asdict(fit_result),
+                "fusion": {"weight": weight, "stats": stats, "classical": "fallback.pkl"}})
+        log.info("fusion weight of the network chosen on the holdout: %.2f (%s)", weight,
+                 ", ".join(f"{k}: {v:.3f}" for k, v in grid.items()))
+    metrics.update({"detector": kind, "threshold": threshold.to_dict(),
+                    "splits": evaluate_scores(final_scores, splits, threshold),
+                    "seconds": time.monotonic() - started})
     write_json(task_dir(task) / "metrics.json", metrics)
     for name, m in metrics["splits"].items():
         log.info("%s %s: recall_ai %.3f, FPR %.3f, ROC AUC %.3f", task, name, m["recall_ai"], m["fpr"], m["roc_auc"])

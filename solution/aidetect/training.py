@@ -34,6 +34,7 @@ class TrainConfig:
     arch: str = "tracenet"
     width: int = 32
     with_rgb: bool = False  # TraceNet: append the colour image to the high-pass inputs
+    stem_stride: int = 2
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
@@ -47,7 +48,9 @@ class TrainConfig:
     eval_batch_size: int = 16
 
     def model_kwargs(self) -> dict:
-        return {"width": self.width, "with_rgb": self.with_rgb} if self.arch == "tracenet" else {}
+        if self.arch != "tracenet":
+            return {}
+        return {"width": self.width, "with_rgb": self.with_rgb, "stem_stride": self.stem_stride}
 
 
 @dataclass
@@ -123,16 +126,26 @@ def holdout_views(data: PreparedSplit, indices: np.ndarray, config: TrainConfig)
     return views
 
 
+def selection_score(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """(ROC AUC + recall at 20 % FPR) / 2: ranking quality and the operating point that matters."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(y_true)) < 2:
+        return float("nan")
+    return (float(roc_auc_score(y_true, scores)) + recall_at_fpr(y_true, scores, 0.2)) / 2
+
+
 def holdout_score(model, views, y_true, batch_size) -> tuple[float, dict]:
-    """Selection criterion: mean over views of (ROC AUC + recall at 20 % FPR) / 2."""
+    """Selection criterion: the mean over views of ``selection_score``."""
     from sklearn.metrics import roc_auc_score
 
     parts = {}
     for name, crops in views:
         scores = score_crops(model, crops, batch_size, desc=f"holdout {name}")
         auc = roc_auc_score(y_true, scores) if len(np.unique(y_true)) == 2 else float("nan")
-        parts[name] = {"roc_auc": float(auc), "recall_at_fpr_0.2": recall_at_fpr(y_true, scores, 0.2)}
-    values = [(p["roc_auc"] + p["recall_at_fpr_0.2"]) / 2 for p in parts.values()]
+        parts[name] = {"roc_auc": float(auc), "recall_at_fpr_0.2": recall_at_fpr(y_true, scores, 0.2),
+                       "selection_score": selection_score(y_true, scores)}
+    values = [p["selection_score"] for p in parts.values()]
     return float(np.nanmean(values)) if values else float("nan"), parts
 
 

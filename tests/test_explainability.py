@@ -1,0 +1,100 @@
+"""Explainability (``explainability/explain.py``) on the shared demo run.
+
+One module-scoped run of the command's ``main`` on a copy of the demo run's
+artifacts (small sample sizes, well under 90 s); the tests read its outputs.
+The demo run is meant to train a network for Task 2: if it ended with the
+classical fallback, the gradient methods cannot be checked, and the tests fail
+loudly instead of skipping.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from explainability import attributions, audit
+from explainability.explain import main
+
+MAX_FIGURE_BYTES = 300_000
+
+
+@pytest.fixture(scope="module")
+def explained(demo_run, tmp_path_factory) -> tuple[dict, Path]:
+    artifacts = Path(demo_run["artifacts"])
+    kind = json.loads((artifacts / "task02" / "detector.json").read_text())["kind"]
+    assert kind == "network", (
+        "the demo run's Task 2 detector is the classical fallback, not a network: its training was cut short, "
+        "so Grad-CAM, Integrated Gradients and the deletion test cannot be checked")
+    out = tmp_path_factory.mktemp("explain")
+    summary = main(["--artifacts", str(artifacts), "--data", str(Path(demo_run["data_root"]) / "data"),
+                    "--out", str(out), "--max-images", "4", "--max-occlusion-images", "1",
+                    "--max-audit-images", "16", "--timeout_seconds", "600"])
+    return summary, out
+
+
+def expected_figures(summary: dict) -> list[str]:
+    names = ["per_source_rates", "shortcut_audit", "deletion_curves", "frequency_filtering", "spectra"]
+    for task, entry in summary["tasks"].items():
+        names += [f"{task}_errors", f"{task}_image_statistics", f"{task}_shortcut_by_source", f"{task}_attributions"]
+        if entry["kind"] == "network":
+            names.append(f"{task}_gradcam_mean")
+    return names
+
+
+def test_every_analysis_writes_its_figures_numbers_and_discussion(explained):
+    summary, out = explained
+    assert summary["skipped"] == {}
+    assert set(summary["tasks"]) == {"task02", "task03"}
+    for name in expected_figures(summary):
+        assert name in summary["figures"], f"figure {name} missing from summary.json"
+        path = out / summary["figures"][name]
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        assert path.stat().st_size < MAX_FIGURE_BYTES, f"{path.name} is {path.stat().st_size} bytes"
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["figures"] == summary["figures"]
+    for task, entry in on_disk["tasks"].items():
+        for key in ("validation", "errors", "image_statistics", "gradcam", "shortcut_audit", "attributions", "frequency"):
+            assert key in entry, f"{task}: {key} missing"
+        assert set(entry["frequency"]) >= {"unfiltered", "low_pass", "high_pass"}
+        assert "jpeg_q50" in entry["shortcut_audit"]["variants"]
+        if entry["kind"] != "network":  # the classical fallback has no gradients, and says so
+            assert "skipped" in entry["gradcam"]
+            assert "skipped_gradient_methods" in entry["attributions"]
+    assert "log10_power_difference_generated_minus_real" in on_disk["spectra"]
+    discussion = (out / "discussion.md").read_text()
+    assert "## 3. Are the maps faithful?" in discussion
+    assert f"{100 * on_disk['tasks']['task02']['validation']['recall_ai']:.1f} %" in discussion
+
+
+def test_chosen_attribution_falls_faster_than_random_removal(explained):
+    summary, _ = explained
+    deletion = summary["tasks"]["task02"]["attributions"]["deletion"]
+    assert set(deletion["methods"]) >= {"gradcam", "integrated_gradients"}
+    best = deletion["best_method"]
+    assert deletion["auc"][best] < deletion["auc_random"], deletion["auc"] | {"random": deletion["auc_random"]}
+
+
+def test_the_audit_sees_what_the_pipeline_sees(explained):
+    """Re-decoded originals reproduce the prepared crops, and lossless re-encoding moves no score."""
+    summary, _ = explained
+    for task, entry in summary["tasks"].items():
+        audit_ = entry["shortcut_audit"]
+        assert audit_["original_matches_prepared"] == audit_["n_images"] > 0
+        png = audit_["variants"]["png"]
+        assert png["n_identical_crops"] == audit_["n_images"]
+        assert png["real"]["mean_shift"] == 0 and png["generated"]["mean_shift"] == 0
+
+
+def test_frequency_filters_and_block_removal_edge_cases():
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    # The largest radial frequency is sqrt(2) x Nyquist: a low-pass above it keeps every pixel.
+    assert np.array_equal(audit.frequency_filtered(crops, "low_pass", 1.5), crops)
+    flat = audit.frequency_filtered(crops, "high_pass", 1.5)  # only the mean colour survives
+    assert np.abs(flat.astype(int) - crops.mean(axis=(1, 2), keepdims=True).round().astype(int)).max() <= 1
+    baseline = attributions.blurred(crops)
+    order = rng.permutation((32 // attributions.BLOCK) ** 2)
+    assert np.array_equal(attributions.with_blocks_removed(crops[0], baseline[0], order, 0), crops[0])
+    assert np.array_equal(attributions.with_blocks_removed(crops[0], baseline[0], order, order.size), baseline[0])
