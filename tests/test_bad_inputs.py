@@ -248,9 +248,6 @@ STRIP_PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="crops.ensure_min_side up-scales the whole strip: a 1000x1 image "
-                   "becomes 256000x256 (~0.5 GB), a 30000x1 one ~20 GB (OOM of prepare/predict). "
-                   "Fix proposed to the lead (cut the strip before up-scaling); remove this marker then.")
 def test_a_thin_strip_is_cropped_without_blowing_up_memory(tmp_path):
     script = tmp_path / "strip.py"
     script.write_text(STRIP_PROBE.format(solution=str(SOLUTION)))

@@ -53,7 +53,7 @@ from .errors import DataError, DecodeError, PipelineError
 from .labels import SOURCE_CLASSES, SOURCE_NAMES
 from .metrics import clopper_pearson
 from .models import to_tensor
-from .paths import EVALUATION_SPLITS, PREDICT_SPLIT, artifacts_dir, split_dir
+from .paths import EVALUATION_SPLITS, PREDICT_SPLIT, artifacts_dir, split_dir, task_dir
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -343,8 +343,14 @@ def load_network(tasks=MODEL_TASKS) -> tuple[str, torch.nn.Module, dict]:
         except Exception as exc:  # a missing or unreadable detector: try the next
             reasons.append(f"{task}: {exc}")
             continue
-        if detector.kind == "network" and hasattr(detector.scorer, "forward_all"):
-            return task, detector.scorer, detector.info
+        if detector.network is not None:
+            return task, detector.network, detector.info
+        # The holdout may have preferred the classical model; the trained network still has an embedding.
+        best = task_dir(task) / "model_best.pt"
+        if best.exists():
+            from .training import load_model
+
+            return task, load_model(best), detector.info
         reasons.append(f"{task}: the active detector is {detector.kind}, without an embedding")
     raise PipelineError("no trained network to attribute with (" + "; ".join(reasons) + "): run train.py first")
 

@@ -10,6 +10,8 @@ class alike.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image
 
@@ -23,6 +25,11 @@ def ensure_min_side(rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     if min(height, width) >= size:
         return rgb
     scale = size / min(height, width)
+    keep = math.ceil(4 * size / scale)  # trim an extreme strip before up-scaling: memory stays bounded
+    if max(height, width) > keep:
+        top, left = max(0, (height - keep) // 2), max(0, (width - keep) // 2)
+        rgb = rgb[top : top + keep, left : left + keep]
+        height, width = rgb.shape[:2]
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     return np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.BICUBIC))
 

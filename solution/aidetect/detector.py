@@ -225,8 +225,10 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     n_eval = sum(len(s) for s in splits.values()) + len(holdout_idx) * 2
     # Time to score the evaluation splits after training: measured on 32 crops, doubled for safety.
     probe = np.asarray(splits["calibration"].crops[:32])
+    probe_model = build_model(config.arch, **config.model_kwargs())
+    score_crops(probe_model, probe[:4], desc="warm-up")  # the first call pays one-off set-up costs
     t0 = time.monotonic()
-    score_crops(build_model(config.arch, **config.model_kwargs()), probe, desc="timing probe")
+    score_crops(probe_model, probe, desc="timing probe")
     per_image = (time.monotonic() - t0) / max(1, len(probe))
     reserve = 2.0 * per_image * n_eval + 10.0
     log.info("keeping %.0fs after training for calibration and evaluation of %d images", reserve, n_eval)

@@ -6,13 +6,15 @@ so a process pool does it while the main process writes or scores.
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 from typing import Callable, Iterable, Iterator
 
 from .budget import available_cpus
 
 
-def ordered_map(function: Callable, items: Iterable, workers: int | None = None, chunksize: int = 4) -> Iterator:
+def ordered_map(function: Callable, items: Iterable, workers: int | None = None, chunksize: int = 4,
+                window_size: int = 128) -> Iterator:
     """``map(function, items)`` in worker processes (in order); in-process for one CPU.
 
     ``function`` must be a module-level function; it should catch its own
@@ -24,5 +26,12 @@ def ordered_map(function: Callable, items: Iterable, workers: int | None = None,
         yield from map(function, items)
         return
     context = mp.get_context("fork")
+    iterator = iter(items)
     with context.Pool(workers) as pool:
-        yield from pool.imap(function, items, chunksize=chunksize)
+        # Bounded windows: Pool.imap would read all input at once and buffer every
+        # result, so memory would grow with the split and late items could not be skipped.
+        while True:
+            window = list(itertools.islice(iterator, window_size))
+            if not window:
+                return
+            yield from pool.imap(function, window, chunksize=chunksize)
