@@ -46,7 +46,8 @@ def run_family(name: str, budget: float, epochs: int) -> dict:
         model = ClassicalDetector(name.split("_", 1)[1]).fit(np.asarray(train.crops), binary_label(train.source_class))
         score = lambda crops: model.score(np.asarray(crops))  # noqa: E731
     else:
-        overrides = {"tracenet": {}, "tracenet_rgb": {"with_rgb": True}, "course_baseline": {"arch": "course_baseline"}}[name]
+        overrides = {"tracenet": {"with_rgb": False}, "tracenet_rgb": {"with_rgb": True},
+                     "course_baseline": {"arch": "course_baseline"}}[name]
         config = with_overrides(TASK02_CONFIG, epochs=epochs, **overrides)
         with tempfile.TemporaryDirectory() as tmp:
             deadline = Deadline(budget, start=time.monotonic())
@@ -72,10 +73,13 @@ def main(argv=None) -> int:
     parser.add_argument("--artifacts", required=True, help="artifacts folder of a run (needs prepared/)")
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--budget", type=float, default=420.0, help="training seconds per neural family")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=60, help="epoch budget (as train.py)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     os.environ["AMLS_ARTIFACTS_DIR"] = str(Path(args.artifacts).resolve())
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from aidetect.budget import configure_threads
 
     threads = configure_threads()

@@ -90,6 +90,16 @@ def markdown(result: dict) -> str:
         lines.append(f"| {task} | predict (labelled) | {fmt(sc.get('recall_ai'))} | {fmt(sc.get('fpr'))} | |")
         fl = (result.get("flipped", {}).get(task) or {}).get("scores") or {}
         lines.append(f"| {task} | predict, shortcut-flipped | {fmt(fl.get('recall_ai'))} | {fmt(fl.get('fpr'))} | |")
+    parts = result.get("components", {})
+    if parts:
+        lines += ["", "## Effect of each modelling choice (the packaged run's own models, same thresholds rule)", "",
+                  "| task | model | val recall_ai | val FPR | val AUC | val_aug recall_ai | val_aug FPR | val_aug AUC |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for task, models in parts.items():
+            for name, splits in models.items():
+                v, a = splits.get("validation", {}), splits.get("validation_augmented", {})
+                lines.append(f"| {task} | {name} | {fmt(v.get('recall_ai'))} | {fmt(v.get('fpr'))} | {fmt(v.get('roc_auc'))} | "
+                             f"{fmt(a.get('recall_ai'))} | {fmt(a.get('fpr'))} | {fmt(a.get('roc_auc'))} |")
     fam = result.get("families", {}).get("families", {})
     if fam:
         base = fam.get("course_baseline", {}).get("splits", {}).get("validation", {})
@@ -129,6 +139,14 @@ def main(argv=None) -> int:
     card = grade(str(data_root), str(REPO / "solution"), workspace=str(run_dir / "workspace"),
                  out=str(run_dir / "scorecard.json"), artifacts_out=str(run_dir / "artifacts"))
     result["harness"] = card
+    result["components"] = {}
+    for task in ("task02", "task03"):
+        path = run_dir / "artifacts" / task / "metrics.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            result["components"][task] = {label: m.get(key) or {} for label, key in (
+                ("classical (boosting)", "classical_splits"), ("TraceNet", "network_splits"),
+                (f"packaged: {m.get('detector')}", "splits"))}
     step("shortcut-flipped predict split")
     result["flipped"] = score_flipped(run_dir, data_root)
     if not args.skip_families:

@@ -23,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 from aidetect.crops import CROP_SIZE, square_crop
 from aidetect.dataio import iter_batches
 from aidetect.decode import decode_rgb
+from aidetect.errors import DecodeError
 from aidetect.labels import binary_label
 from aidetect.paths import split_dir
 
@@ -114,7 +115,10 @@ def shortcut_scores(models: list[TaskModel], data: ValidationSet, positions: np.
         i = slot[position]
         prepared = np.asarray(data.crops[position])
         for variant in variants:
-            crop = square_crop(rgb, CROP_SIZE) if variant == "original" else variant_crop(rgb, variant)
+            try:
+                crop = square_crop(rgb, CROP_SIZE) if variant == "original" else variant_crop(rgb, variant)
+            except DecodeError:  # e.g. an up-scaled huge image over the decoder's pixel limit: left out (NaN)
+                continue
             if crop.shape == prepared.shape and np.array_equal(crop, prepared):
                 identical[variant][i] = True
                 for model in models:
@@ -130,6 +134,8 @@ def shortcut_scores(models: list[TaskModel], data: ValidationSet, positions: np.
 
 
 def _group_change(before: np.ndarray, after: np.ndarray, threshold: float) -> dict:
+    scored = np.isfinite(before) & np.isfinite(after)
+    before, after = before[scored], after[scored]
     if len(before) == 0:
         return {"n": 0}
     share_before, share_after = float(np.mean(before > threshold)), float(np.mean(after > threshold))

@@ -181,7 +181,11 @@ def _faithfulness(summary) -> str:
         lines.append(
             f"- {name(task)} ({d['n_images']} generated images, {d['n_correctly_detected']} of them detected): "
             f"areas {parts}; random order {num(d['auc_random'])} (seeds {num(min(seeds))} to {num(max(seeds))}). "
-            f"{verdict}." + weak_note(t))
+            f"{verdict}."
+            + (f" On the detected images alone: " + ", ".join(
+                f"{METHOD_NAMES[m]} {num(v)}" for m, v in d["auc_detected"].items() if v is not None)
+               + f", random {num(d['auc_random_detected'])}." if d.get("auc_random_detected") is not None else "")
+            + weak_note(t))
         if a.get("skipped_gradient_methods"):
             lines.append(f"  {a['skipped_gradient_methods']}.")
         o = a.get("deletion_occlusion_subset")

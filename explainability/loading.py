@@ -61,17 +61,28 @@ class TaskModel:
 
     @property
     def network(self) -> torch.nn.Module | None:
-        return self.detector.scorer if self.kind == "network" else None
+        """The TraceNet inside the detector (alone or in the fusion), or None for the classical fallback."""
+        return self.detector.network
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) floats -> (B,) generated-image logits; differentiable for the network.
+        """(B, 3, H, W) floats -> (B,) scores on the detector's own scale (its threshold applies).
 
-        The classical fallback sees the same pixels rounded to uint8, as in the pipeline.
+        Differentiable through the network. The classical model sees the same
+        pixels rounded to uint8, as in the pipeline; in the fusion its share is
+        a constant for gradients, so gradient methods explain the network part.
         """
-        if self.network is not None:
+        def classical(model) -> torch.Tensor:
+            crops = (x.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            return torch.from_numpy(model.score(crops)).float()
+
+        if self.kind == "network":
             return self.network(x.contiguous(memory_format=torch.channels_last))
-        crops = (x.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return torch.from_numpy(self.detector.scorer.score(crops)).float()
+        if self.kind == "fusion":
+            fused, stats = self.detector.scorer, self.detector.scorer.stats
+            network = (self.network(x.contiguous(memory_format=torch.channels_last)) - stats["network_mean"]) / stats["network_std"]
+            other = (classical(fused.classical) - stats["classical_mean"]) / stats["classical_std"]
+            return fused.weight * network + (1 - fused.weight) * other
+        return classical(self.detector.scorer)
 
     def score(self, crops: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Logits of uint8 crops (N, H, W, 3), exactly as the predict stages compute them."""
@@ -88,10 +99,10 @@ class TaskModel:
 def load_task_model(task: str) -> TaskModel:
     """The active detector of ``artifacts/<task>`` (PipelineError when there is none)."""
     detector = load_detector(task)
-    if detector.kind == "network":
+    if detector.network is not None:
         # channels_last is 1.4x faster for this CNN on CPU and changes no number.
-        detector.scorer.to(memory_format=torch.channels_last).eval()
-        for parameter in detector.scorer.parameters():
+        detector.network.to(memory_format=torch.channels_last).eval()
+        for parameter in detector.network.parameters():
             parameter.requires_grad_(False)
     return TaskModel(task, detector)
 

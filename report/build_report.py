@@ -409,11 +409,11 @@ def _family_name(record: dict) -> str:
 
 
 def load_bench(bench_dir: Path | None, sources: Sources) -> list:
-    """All benchmark result documents, ``*-proxy.json`` first."""
+    """All benchmark result documents: ``*-proxy.json`` first, newest first."""
     if bench_dir is None or not Path(bench_dir).is_dir():
         sources.used.append({"what": "benchmarks", "path": str(bench_dir), "status": NOT_RUN})
         return []
-    files = sorted(Path(bench_dir).glob("*.json"), key=lambda p: (not p.stem.endswith("-proxy"), p.name))
+    files = sorted(Path(bench_dir).glob("*.json"), key=lambda p: (not p.stem.endswith("-proxy"), -p.stat().st_mtime))
     docs = [sources.json(path, "benchmark") for path in files]
     if not files:
         sources.used.append({"what": "benchmarks", "path": str(bench_dir), "status": NOT_RUN})

@@ -41,10 +41,9 @@ def test_predictions_are_complete_and_valid(demo_run, task):
 @pytest.mark.parametrize("task", ["task02", "task03"])
 def test_network_is_trained_and_calibrated(demo_run, task):
     metrics = json.loads((demo_run["artifacts"] / task / "metrics.json").read_text())
-    # The network was trained and scored; the holdout then chose network, fusion or classical.
-    assert metrics["fit"]["epochs_run"] >= 1 and "network_splits" in metrics
-    assert metrics["detector"] in ("network", "fusion", "classical")
-    assert 0.0 <= metrics["fusion"]["weight"] <= 1.0
+    # The network was trained and scored, and the packaged detector fuses it with the classical model.
+    assert metrics["fit"]["epochs_run"] >= 1 and "network_splits" in metrics and "classical_splits" in metrics
+    assert metrics["detector"] == "fusion" and metrics["fusion"]["weight"] == 0.5
     threshold = metrics["threshold"]
     assert threshold["guaranteed"] and threshold["max_fpr"] == 0.2 and threshold["confidence"] == 0.95
     # The threshold comes from the calibration images, so their empirical FPR is below the cap.

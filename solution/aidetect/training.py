@@ -149,12 +149,13 @@ def holdout_score(model, views, y_true, batch_size) -> tuple[float, dict]:
     return float(np.nanmean(values)) if values else float("nan"), parts
 
 
-def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
+def make_optimizer(model, config: TrainConfig, steps_per_epoch: int, plan: dict):
+    """AdamW with warm-up and cosine decay over ``plan["epochs"]``, which the deadline may shorten."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total = max(1, config.epochs * steps_per_epoch)
-    warmup = min(steps_per_epoch, total // 10 + 1)
+    warmup = min(steps_per_epoch, max(1, config.epochs * steps_per_epoch // 10))
 
     def schedule(step):
+        total = max(1, plan["epochs"] * steps_per_epoch)
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))) * 0.98 + 0.02
@@ -214,14 +215,17 @@ def fit(config: TrainConfig, data: PreparedSplit, out_dir: Path, deadline: Deadl
     n_batches = sum(1 for s in range(0, len(train_idx), config.batch_size) if len(train_idx) - s >= 2)
 
     model = build_model(config.arch, **config.model_kwargs())
-    optimizer, scheduler = make_optimizer(model, config, n_batches)
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "history": [], "bad_epochs": 0}
+    plan = {"epochs": config.epochs}  # shortened when the deadline cannot fit them all
+    optimizer, scheduler = make_optimizer(model, config, n_batches, plan)
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "history": [], "bad_epochs": 0,
+             "planned_epochs": config.epochs}
     checkpoint = _load_resumable(last_path, config) if resume else None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["lr_scheduler"])
         state = checkpoint["state"]
+        plan["epochs"] = state.get("planned_epochs", config.epochs)
         log.info("resuming %s from epoch %d (best holdout score %.4f)", config.arch, state["epoch"], state["best_score"])
     elif init_state is not None:
         model.load_state_dict(init_state)
@@ -232,7 +236,7 @@ def fit(config: TrainConfig, data: PreparedSplit, out_dir: Path, deadline: Deadl
              config.arch, len(train_idx), len(holdout_idx), config.epochs, config.policy, deadline.describe())
     stopped = "epoch budget"
     epoch_seconds = []
-    while state["epoch"] < config.epochs:
+    while state["epoch"] < plan["epochs"]:
         epoch = state["epoch"]
         if epoch_seconds and deadline.remaining() - reserve_seconds < 0.5 * max(epoch_seconds):
             stopped = "time budget"
@@ -257,6 +261,11 @@ def fit(config: TrainConfig, data: PreparedSplit, out_dir: Path, deadline: Deadl
                                "lr_scheduler": scheduler.state_dict(), "config": asdict(config), "state": state,
                                "finished": False})
         epoch_seconds.append(time.monotonic() - t0)
+        affordable = state["epoch"] + int((deadline.remaining() - reserve_seconds) / np.mean(epoch_seconds))
+        if affordable < plan["epochs"]:
+            # Finish the cosine decay inside the time budget rather than be cut at a high learning rate.
+            plan["epochs"] = state["planned_epochs"] = max(state["epoch"] + 1, affordable)
+            log.info("time budget allows %d epochs: learning-rate schedule shortened", plan["epochs"])
         log.info("epoch %d: loss %.4f, holdout score %.4f%s (%s)", epoch + 1, loss, score,
                  " (best)" if improved else "", deadline.describe())
         if interrupted:
