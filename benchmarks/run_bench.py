@@ -114,6 +114,39 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def components(run_dir: Path) -> dict:
+    out = {}
+    for task in ("task02", "task03"):
+        path = run_dir / "artifacts" / task / "metrics.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            out[task] = {label: m.get(key) or {} for label, key in (
+                ("classical (boosting)", "classical_splits"), ("TraceNet", "network_splits"),
+                (f"packaged: {m.get('detector')}", "splits"))}
+    return out
+
+
+def assemble(args) -> int:
+    """Write the results from the pieces an earlier (possibly interrupted) run left in --run-dir."""
+    data_root, out_dir, run_dir = Path(args.data).resolve(), Path(args.out).resolve(), Path(args.run_dir).resolve()
+    from reference_runtime import cpu_name
+
+    date = time.strftime("%Y-%m-%d")
+    result = {"date": date, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "machine": {"cpu": cpu_name(), "nproc": os.cpu_count(), "host": platform.node()},
+              "reference": json.loads((run_dir / "reference_runtime.json").read_text()),
+              "harness": json.loads((run_dir / "scorecard.json").read_text())}
+    result["components"] = components(run_dir)
+    step("shortcut-flipped predict split")
+    result["flipped"] = score_flipped(run_dir, data_root)
+    if args.families_json:
+        result["families"] = json.loads(Path(args.families_json).read_text())
+    (out_dir / f"{date}-proxy.json").write_text(json.dumps(result, indent=2, default=str))
+    (out_dir / f"{date}-proxy.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "proxy"))
@@ -122,7 +155,13 @@ def main(argv=None) -> int:
     parser.add_argument("--family-budget", type=float, default=300.0)
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--skip-families", action="store_true")
+    parser.add_argument("--assemble", action="store_true",
+                        help="do not run anything long: read the reference, scorecard and families results of an "
+                             "earlier run from --run-dir (and --families-json), score the flipped split, write the results")
+    parser.add_argument("--families-json", default=None, help="with --assemble: a families.py result file")
     args = parser.parse_args(argv)
+    if args.assemble:
+        return assemble(args)
     data_root, out_dir, run_dir = Path(args.data).resolve(), Path(args.out).resolve(), Path(args.run_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -139,14 +178,7 @@ def main(argv=None) -> int:
     card = grade(str(data_root), str(REPO / "solution"), workspace=str(run_dir / "workspace"),
                  out=str(run_dir / "scorecard.json"), artifacts_out=str(run_dir / "artifacts"))
     result["harness"] = card
-    result["components"] = {}
-    for task in ("task02", "task03"):
-        path = run_dir / "artifacts" / task / "metrics.json"
-        if path.exists():
-            m = json.loads(path.read_text())
-            result["components"][task] = {label: m.get(key) or {} for label, key in (
-                ("classical (boosting)", "classical_splits"), ("TraceNet", "network_splits"),
-                (f"packaged: {m.get('detector')}", "splits"))}
+    result["components"] = components(run_dir)
     step("shortcut-flipped predict split")
     result["flipped"] = score_flipped(run_dir, data_root)
     if not args.skip_families:

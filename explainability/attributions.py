@@ -1,6 +1,8 @@
 """Attribution maps and the deletion test that checks whether they are faithful.
 
-Every map attributes the *generated* logit and keeps its sign: positive
+Every map attributes the score that ``TaskModel.explained`` returns (the
+network's generated logit, or the classical log-odds for the fallback) and
+keeps its sign: positive
 pixels push towards "generated", negative ones towards "real". The evidence
 for the decision on an image is the map times the sign of its prediction
 (+1 generated, -1 real); all three methods are linear in the output in that
@@ -49,17 +51,18 @@ def head_bias(model: TaskModel) -> float:
     return float(head.bias.item()) if head is not None and head.bias is not None else 0.0
 
 
-def gradcam_maps(model: TaskModel, crops: np.ndarray, centre: float | None = None, batch_size: int = 8) -> np.ndarray:
-    """Signed Grad-CAM of the generated logit on ``model.network.stages[-1]``, upsampled to the crop.
+def gradcam_maps(model: TaskModel, crops: np.ndarray, centre: np.ndarray | None = None,
+                 batch_size: int = 8) -> np.ndarray:
+    """Signed Grad-CAM of the network logit on ``model.network.stages[-1]``, upsampled to the crop.
 
     Returns (N, H, W) float32 in logit units per cell of the last block (the
     ReLU of the usual Grad-CAM is left out: negative cells push towards "real").
-    With ``centre`` (the calibrated threshold), every cell gives up an equal
-    share of ``centre - bias``, so the cells sum to ``logit - threshold``
-    (see ``gradcam_completeness``): positive cells push the image over the
-    threshold, negative ones below it.
+    With ``centre`` (each image's threshold on the network logit), every cell
+    gives up an equal share of ``centre - bias``, so the cells sum to
+    ``logit - threshold`` (see ``gradcam_completeness``): positive cells push
+    the image over the threshold, negative ones below it.
     """
-    cam = LayerGradCam(model.logits, model.network.stages[-1])
+    cam = LayerGradCam(model.explained, model.network.stages[-1])
     bias = head_bias(model)
     maps = []
     for start in range(0, len(crops), batch_size):
@@ -67,7 +70,8 @@ def gradcam_maps(model: TaskModel, crops: np.ndarray, centre: float | None = Non
         with torch.enable_grad():
             layer_map = cam.attribute(x, relu_attributions=False).detach()
         if centre is not None:
-            layer_map = layer_map - (centre - bias) / (layer_map.shape[-1] * layer_map.shape[-2])
+            shift = (torch.as_tensor(np.asarray(centre[start : start + len(x)]), dtype=torch.float32) - bias)
+            layer_map = layer_map - shift.view(-1, 1, 1, 1) / (layer_map.shape[-1] * layer_map.shape[-2])
         upsampled = LayerAttribution.interpolate(layer_map, tuple(x.shape[-2:]), interpolate_mode="bilinear")
         maps.append(upsampled[:, 0].numpy().astype(np.float32))
     return np.concatenate(maps) if maps else np.zeros((0,) + crops.shape[1:3], dtype=np.float32)
@@ -83,9 +87,9 @@ def gradcam_completeness(model: TaskModel, crops: np.ndarray) -> dict:
     """
     x = to_tensor(np.array(crops)).requires_grad_(True)
     with torch.enable_grad():
-        layer_map = LayerGradCam(model.logits, model.network.stages[-1]).attribute(x, relu_attributions=False)
+        layer_map = LayerGradCam(model.explained, model.network.stages[-1]).attribute(x, relu_attributions=False)
     with torch.no_grad():
-        logits = model.logits(x)
+        logits = model.explained(x)
     bias = head_bias(model)
     error = (layer_map.detach().sum(dim=(1, 2, 3)) - (logits - bias)).abs()
     cells = list(layer_map.shape[-2:])
@@ -111,7 +115,7 @@ def integrated_gradients_maps(model: TaskModel, crops: np.ndarray, baselines: np
 
     Returns (maps (N, H, W), relative completeness error |delta| / |f(x) - f(baseline)| per image).
     """
-    ig = IntegratedGradients(model.logits)
+    ig = IntegratedGradients(model.explained)
     maps, errors = [], []
     for i in range(len(crops)):
         x, base = to_tensor(np.array(crops[i : i + 1])), to_tensor(np.array(baselines[i : i + 1]))
@@ -119,7 +123,7 @@ def integrated_gradients_maps(model: TaskModel, crops: np.ndarray, baselines: np
             attribution, delta = ig.attribute(x, baselines=base, n_steps=n_steps, internal_batch_size=n_steps,
                                               return_convergence_delta=True)
         with torch.no_grad():
-            gap = float((model.logits(x) - model.logits(base)).abs().item())
+            gap = float((model.explained(x) - model.explained(base)).abs().item())
         maps.append(attribution[0].sum(0).detach().numpy().astype(np.float32))
         errors.append(float(abs(delta.item())) / max(gap, 1e-6))
     return np.stack(maps), np.asarray(errors)
@@ -128,7 +132,7 @@ def integrated_gradients_maps(model: TaskModel, crops: np.ndarray, baselines: np
 def occlusion_maps(model: TaskModel, crops: np.ndarray, baselines: np.ndarray, window: int = OCCLUSION_WINDOW,
                    stride: int = OCCLUSION_STRIDE) -> np.ndarray:
     """Occlusion: f(x) - f(x with a blurred ``window`` patch), averaged over the patches covering a pixel."""
-    occlusion = Occlusion(model.logits)
+    occlusion = Occlusion(model.explained)
     maps = []
     for i in range(len(crops)):
         x, base = to_tensor(np.array(crops[i : i + 1])), to_tensor(np.array(baselines[i : i + 1]))
@@ -211,7 +215,7 @@ def with_blocks_removed(crop: np.ndarray, baseline: np.ndarray, order: np.ndarra
 
 def deletion_curves(model: TaskModel, crops: np.ndarray, baselines: np.ndarray, orders: dict[str, np.ndarray],
                     fractions: np.ndarray = DELETION_FRACTIONS, keep_going=lambda: True) -> dict[str, np.ndarray]:
-    """Generated logit of each image as its blocks are removed in each order: {name: (n_done, F)}.
+    """Explained score of each image as its blocks are removed in each order: {name: (n_done, F)}.
 
     ``keep_going()`` is asked before each image; images not reached are left out.
     """
@@ -222,7 +226,7 @@ def deletion_curves(model: TaskModel, crops: np.ndarray, baselines: np.ndarray, 
             break
         views = [with_blocks_removed(crops[i], baselines[i], order[i], int(round(f * n_blocks)))
                  for order in orders.values() for f in fractions[1:-1]]
-        scores = model.score(np.stack([crops[i], baselines[i], *views]))
+        scores = model.explained_scores(np.stack([crops[i], baselines[i], *views]))
         start, end, inner = scores[0], scores[1], scores[2:].reshape(len(orders), len(fractions) - 2)
         for name, row in zip(orders, inner):
             curves[name].append(np.concatenate([[start], row, [end]]))
@@ -261,6 +265,12 @@ def summarise_deletion(curves: dict[str, np.ndarray], fractions: np.ndarray, det
         "auc_random_by_seed": [area(curves[r]) for r in randoms],
         "per_image_win_rate": {name: float(np.mean(per_image_auc[name] < random_per_image)) for name in methods},
     }
+    start, end = next(iter(curves.values()))[:, 0], next(iter(curves.values()))[:, -1]
+    # Blurring is only a neutral "removal" if it lowers the score; a detector that reads
+    # smoothness as a sign of generation scores the fully blurred image higher.
+    summary["mean_logit_original"] = float(start.mean())
+    summary["mean_logit_fully_blurred"] = float(end.mean())
+    summary["share_rising_when_fully_blurred"] = float(np.mean(end > start))
     summary["auc_random"] = float(np.mean(summary["auc_random_by_seed"]))
     summary["auc_random_detected"] = (float(np.mean([area(curves[r][detected]) for r in randoms]))
                                       if detected.any() else None)

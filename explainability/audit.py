@@ -7,6 +7,9 @@
   way a changed upload would.
 * Frequency audit: the prepared crops are low- or high-pass filtered with
   ideal radial masks in the Fourier domain.
+* Input-channel ablation: the network's fixed front end stacks residual
+  channels (NPR, SRM) and, optionally, the colour image; zeroing a group shows
+  how much of the decision rests on traces and how much on colour and content.
 * Image statistics: texture, brightness and the original file's size and
   format, against the errors.
 """
@@ -16,6 +19,7 @@ import io
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image, ImageOps
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
@@ -37,6 +41,8 @@ FREQUENCY_CUTOFFS = {"low_pass": (0.75, 0.5, 0.25), "high_pass": (0.05, 0.25, 0.
 
 
 def _encode(image: Image.Image, fmt: str, **options) -> bytes:
+    if fmt == "PNG":
+        options.setdefault("compress_level", 1)  # lossless at any level; 1 is the fastest
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
@@ -209,22 +215,60 @@ def frequency_scores(models: list[TaskModel], crops: np.ndarray, keep_going=lamb
     return out
 
 
-def summarise_frequency(filtered: dict, original: np.ndarray, source_class: np.ndarray, threshold: float) -> dict:
+def describe_scores(scores: np.ndarray, source_class: np.ndarray, threshold: float) -> dict:
+    """Mean score per class, recall and FPR at the threshold, and ROC AUC."""
     labels = binary_label(source_class)
+    real, generated = labels == 0, labels == 1
+    return {
+        "mean_score_real": float(np.mean(scores[real])) if real.any() else None,
+        "mean_score_generated": float(np.mean(scores[generated])) if generated.any() else None,
+        "recall_ai": float(np.mean(scores[generated] > threshold)) if generated.any() else None,
+        "fpr": float(np.mean(scores[real] > threshold)) if real.any() else None,
+        "roc_auc": float(roc_auc_score(labels, scores)) if real.any() and generated.any() else None,
+    }
 
-    def describe(scores):
-        both = len(np.unique(labels)) == 2
-        return {
-            "mean_score_real": float(np.mean(scores[labels == 0])) if (labels == 0).any() else None,
-            "mean_score_generated": float(np.mean(scores[labels == 1])) if (labels == 1).any() else None,
-            "recall_ai": float(np.mean(scores[labels == 1] > threshold)) if (labels == 1).any() else None,
-            "fpr": float(np.mean(scores[labels == 0] > threshold)) if (labels == 0).any() else None,
-            "roc_auc": float(roc_auc_score(labels, scores)) if both else None,
-        }
 
-    return {"unfiltered": describe(original),
-            **{kind: {str(cutoff): describe(scores) for cutoff, scores in by_cutoff.items()}
+def summarise_frequency(filtered: dict, original: np.ndarray, source_class: np.ndarray, threshold: float) -> dict:
+    return {"unfiltered": describe_scores(original, source_class, threshold),
+            **{kind: {str(cutoff): describe_scores(scores, source_class, threshold)
+                      for cutoff, scores in by_cutoff.items()}
                for kind, by_cutoff in filtered.items()}}
+
+
+# --- input-channel ablation ----------------------------------------------------------
+
+
+def front_end_groups(network) -> dict[str, list[int]] | None:
+    """Channel groups of the fixed front end: NPR residual (3), SRM residuals (3), centred RGB (3, optional).
+
+    The layout is that of ``aidetect.models.HighPassFrontEnd``; None when the
+    network has another front end (then no ablation is attempted).
+    """
+    front = getattr(network, "front", None)
+    if front is None or not hasattr(front, "out_channels"):
+        return None
+    groups = {"npr_residual": [0, 1, 2], "srm_residuals": [3, 4, 5]}
+    if getattr(front, "with_rgb", False):
+        groups["rgb"] = [6, 7, 8]
+    return groups if sum(len(c) for c in groups.values()) == front.out_channels else None
+
+
+def ablations(groups: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Which front-end channels each ablation zeroes."""
+    out = {f"without_{name}": channels for name, channels in groups.items()}
+    if "rgb" in groups:
+        out["rgb_only"] = groups["npr_residual"] + groups["srm_residuals"]
+    return out
+
+
+def scores_without_channels(model: TaskModel, crops: np.ndarray, channels: list[int]) -> np.ndarray:
+    """Network logits with the given front-end output channels set to zero (no residual / mid-grey colour)."""
+    index = torch.tensor(channels)
+    handle = model.network.front.register_forward_hook(lambda module, inputs, out: out.index_fill(1, index, 0.0))
+    try:
+        return model.explained_scores(crops)
+    finally:
+        handle.remove()
 
 
 def mean_log_spectra(crops: np.ndarray, source_class: np.ndarray, chunk: int = 32, bins: int = 64) -> dict:

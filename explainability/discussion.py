@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from aidetect.labels import SOURCE_NAMES
 
 TASK_NAMES = {"task02": "Task 2 (plain)", "task03": "Task 3 (robust)"}
 METHOD_NAMES = {"gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradients", "occlusion": "occlusion"}
-DIFFUSE_TOP10 = 0.30  # top-10 % pixels holding less than this share of the mass = diffuse map
+DIFFUSE_TOP10 = 0.30  # top-10 % pixels holding less than this share of the evidence = diffuse map
+FOCUSED_TOP10 = 0.50  # ... at least this share = focused on a few regions
 WEAK_AUC = 0.65  # below this validation ROC AUC, explanations describe a model that barely works
+MAX_FPR = 0.20  # the exercise's cap on the false-positive rate
 CLEAR_SHIFT = 0.05  # a change of the share called generated larger than 5 points counts as a change
+CLEAR_AUC = 0.05  # AUC differences within this are "about the same" on a few hundred images
+CLEAR_LOGIT = 0.1  # a mean score change smaller than this counts as "barely moves"
+SMOOTHER = 0.8  # errors with less than 80 % of the correct images' texture count as "smoother"
 VARIANT_WORDS = {
     "png": "re-encoding as PNG (lossless)", "jpeg_q95": "JPEG at quality 95", "jpeg_q75": "JPEG at quality 75",
     "jpeg_q50": "JPEG at quality 50", "resize_x0.5": "down-scaling by 0.5", "resize_x1.5": "up-scaling by 1.5",
@@ -49,8 +56,8 @@ def name(task: str) -> str:
 
 
 def write_discussion(path: Path, summary: dict) -> Path:
-    sections = [_header(summary), _performance(summary), _attention(summary), _faithfulness(summary),
-                _frequency(summary), _shortcuts(summary), _failures(summary), _comparison(summary), _caveats(summary)]
+    sections = [_header(summary), _brief(summary), _performance(summary), _attention(summary), _faithfulness(summary),
+                _frequency(summary), _channels(summary), _shortcuts(summary), _failures(summary), _comparison(summary), _caveats(summary)]
     text = "\n\n".join(s for s in sections if s) + "\n"
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(text)
@@ -86,11 +93,73 @@ def _header(summary) -> str:
         f"({per_source}); models from `{summary['config']['artifacts']}`.",
     ]
     for task, t in _tasks(summary):
-        lines.append(f"- {name(task)}: a {t['kind']} detector, threshold {num(t['threshold']['value'], 3)} on the "
-                     f"generated logit, calibrated on {', '.join(t['calibration_sets']) or 'n/a'}.")
+        model = t.get("model", {})
+        what = (f"a {model.get('class', 'network')} network ({model.get('parameters', 0):,} parameters, "
+                f"{model.get('front_end_channels')} fixed input channels"
+                + (", including the colour image itself" if model.get("sees_colour_image") else ", residuals only")
+                + ")") if t["kind"] == "network" else f"the classical fallback ({model.get('classifier', 'n/a')})"
+        if t["kind"] == "fusion":
+            what = (f"a fusion of a {model.get('class', 'network')} network ({model.get('parameters', 0):,} parameters, "
+                    f"{model.get('front_end_channels')} fixed input channels"
+                    + (", including the colour image itself" if model.get("sees_colour_image") else "")
+                    + f", weight {num(model.get('fusion_weight_of_network'))}) with the classical model; the maps "
+                    "explain its network part, every perturbation test the whole fused score")
+        lines.append(f"- {name(task)}: {what}; threshold {num(t['threshold']['value'], 3)} on the detector score, "
+                     f"calibrated on {', '.join(t['calibration_sets']) or 'n/a'}.")
     for key, reason in summary.get("skipped", {}).items():
         lines.append(f"- Not run: {key} ({reason}).")
     return "\n".join(lines)
+
+
+def _brief(summary) -> str:
+    """The findings in a few lines, each taken from a later section by the same rules."""
+    lines = ["## In brief", ""]
+    tasks = _tasks(summary)
+    perf = [f"{name(task)} recall {pct(t['validation']['recall_ai'])} at FPR {pct(t['validation']['fpr'])} "
+            f"(AUC {num(t['validation']['roc_auc'], 3)}" + (", a weak model" if weak(t) else "") + ")"
+            for task, t in tasks if t.get("validation")]
+    if perf:
+        lines.append("- On validation: " + "; ".join(perf) + ".")
+    audits = [(task, t["shortcut_audit"]["variants"]) for task, t in tasks if t.get("shortcut_audit")]
+    if audits and all("png" in v for _, v in audits):
+        moved = max(max(abs(v["png"][c].get("mean_shift") or 0) for c in ("real", "generated")) for _, v in audits)
+        lines.append("- The file container does not reach the model: lossless PNG re-encoding moves no score."
+                     if moved < 1e-6 else f"- Lossless PNG re-encoding moves scores by up to {num(moved, 3)}: "
+                     "something besides the pixels reaches the model.")
+    for task, variants in audits:
+        rises = {v: e["real"].get("share_generated_change") or 0 for v, e in variants.items()}
+        drops = {v: e["generated"].get("share_generated_change") or 0 for v, e in variants.items()}
+        worst_fp, worst_fn = max(rises, key=rises.get), min(drops, key=drops.get)
+        real, generated = variants[worst_fp]["real"], variants[worst_fn]["generated"]
+        fp_text = (f"the change that raises false positives most is {VARIANT_WORDS.get(worst_fp, worst_fp)} "
+                   f"(FPR {pct(real.get('share_generated_before'))} -> {pct(real.get('share_generated_after'))}"
+                   + (f", over the {pct(MAX_FPR)} cap" if (real.get("share_generated_after") or 0) > MAX_FPR else "")
+                   + ")" if rises[worst_fp] > 0 else "no change raises the false-positive rate")
+        fn_text = (f"the one that costs most recall is {VARIANT_WORDS.get(worst_fn, worst_fn)} (recall "
+                   f"{pct(generated.get('share_generated_before'))} -> {pct(generated.get('share_generated_after'))})"
+                   if drops[worst_fn] < 0 else "none costs recall")
+        lines.append(f"- {name(task)}: {fp_text}; {fn_text}.")
+    for task, t in tasks:
+        c = t.get("channel_ablation", {})
+        if isinstance(c.get("rgb_only"), dict) and isinstance(c.get("without_rgb"), dict):
+            colour, traces = c["rgb_only"]["roc_auc"], c["without_rgb"]["roc_auc"]
+            lines.append(f"- {name(task)}: colour alone ranks the classes at AUC {num(colour)}, the residual traces "
+                         f"alone at {num(traces)} (all channels {num(c['none']['roc_auc'])}): "
+                         + ("mostly colour and content." if colour - traces > CLEAR_AUC else
+                            "traces and colour about equally." if abs(colour - traces) <= CLEAR_AUC else
+                            "mostly the residual traces."))
+    for task, t in tasks:
+        d = (t.get("attributions") or {}).get("deletion", {})
+        if d.get("best_method"):
+            best = d["best_method"]
+            smooth = (d.get("mean_logit_fully_blurred") is not None
+                      and d["mean_logit_fully_blurred"] > d["mean_logit_original"] + CLEAR_LOGIT)
+            lines.append(f"- {name(task)}: the most faithful map is {METHOD_NAMES[best]} (deletion area "
+                         f"{num(d['auc'][best])} against {num(d['auc_random'])} for random order)"
+                         + (f"; blurring the whole crop raises the score ({num(d['mean_logit_original'])} -> "
+                            f"{num(d['mean_logit_fully_blurred'])}): smoothness counts as evidence of generation."
+                            if smooth else "."))
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _performance(summary) -> str:
@@ -113,8 +182,9 @@ def _performance(summary) -> str:
 def _attention(summary) -> str:
     lines = ["## 2. Where the detector looks (Grad-CAM, figures `*_gradcam_mean.png`, `*_attributions.png`, "
              "`*_errors.png`)", "",
-             "Grad-CAM of the generated logit on the last residual block, without its ReLU and centred so that the "
-             "cells of an image sum to its logit minus the threshold: red cells push the image over the threshold, "
+             "Grad-CAM of the network's generated logit on the last residual block, without its ReLU and centred so "
+             "that the cells of an image sum to its logit minus the threshold (for a fusion: the image's threshold on "
+             "the network logit, its classical part held fixed): red cells push the image over the threshold, "
              "blue ones below it. Concentration is measured on the evidence for the model's own decision "
              "(the map times the sign of the decision, negative part dropped)."]
     for task, t in _tasks(summary):
@@ -129,18 +199,14 @@ def _attention(summary) -> str:
         exact = completeness.get("max_abs_error") is not None and completeness["max_abs_error"] < 1e-3 * max(
             1.0, completeness.get("mean_abs_logit", 1.0))
         top = [a.get("top10_mass") for a in (real, generated) if a.get("top10_mass") is not None]
-        diffuse = bool(top) and max(top) < DIFFUSE_TOP10
+        share = float(np.mean(top)) if top else None
         lines.append(
             f"- {name(task)}: the 10 % strongest pixels hold {pct(real.get('top10_mass'))} of the decision evidence "
             f"on real and {pct(generated.get('top10_mass'))} on generated images (a uniform map: 10 %); the central "
             f"quarter of the crop holds {pct(real.get('centre_share'))} / {pct(generated.get('centre_share'))} "
             f"(uniform: {pct(real.get('centre_uniform'))}), the outer 16 px {pct(real.get('border_share'))} / "
             f"{pct(generated.get('border_share'))} (uniform: {pct(real.get('border_uniform'))}). "
-            + (("The evidence is diffuse and texture-wide rather than on a few objects, as expected from a "
-                f"trace-based detector (rule: top-10 % share below {pct(DIFFUSE_TOP10)})." if diffuse else
-                f"The evidence is more concentrated than a texture-wide trace detector would suggest (top-10 % share "
-                f"at or above {pct(DIFFUSE_TOP10)}): look at the attribution figures for objects or edges.")
-               if top else "No image has evidence for its decision in the map.")
+            + (_concentration_words(share) if share is not None else "No image has evidence for its decision in the map.")
             + f" The mean maps of real and generated images correlate at "
               f"{num(g.get('mean_map_correlation_real_vs_generated'))} across pixels."
             + (f" Grad-CAM is exact here: with global average pooling and a linear head its cells sum to the "
@@ -154,10 +220,24 @@ def _attention(summary) -> str:
     return "\n".join(lines)
 
 
+def _concentration_words(share: float) -> str:
+    rule = (f"(rule on the mean top-10 % share, {pct(share)}: below {pct(DIFFUSE_TOP10)} diffuse, "
+            f"from {pct(FOCUSED_TOP10)} focused)")
+    if share < DIFFUSE_TOP10:
+        return ("The evidence is diffuse and texture-wide rather than on a few objects {rule}, as expected of a "
+                "trace detector (X-AIGD); colour statistics spread over the crop would look the same, so section 5 "
+                "decides what the diffuse evidence is made of.").replace("{rule}", rule)
+    if share < FOCUSED_TOP10:
+        return ("The evidence is moderately concentrated: spread over the whole crop, with some regions (often "
+                f"edges and textured areas in the attribution figures) weighing more {rule}.")
+    return (f"The evidence is focused on a few regions, more than a texture-wide trace detector would need {rule}: "
+            "look at the attribution figures for objects or edges.")
+
+
 def _faithfulness(summary) -> str:
     lines = ["## 3. Are the maps faithful? The deletion test (figure `deletion_curves.png`)", "",
              "Blocks of 8x8 pixels (one JPEG block) are replaced by the blurred image, most-attributed first, in steps of 10 %; "
-             "the mean generated logit of the generated images should fall faster than under random order "
+             "the mean explained score (network logit) of the generated images should fall faster than under random order "
              "(three random seeds). The area under the curve summarises it (smaller = faster fall)."]
     for task, t in _tasks(summary):
         a = t.get("attributions")
@@ -185,6 +265,18 @@ def _faithfulness(summary) -> str:
             + (f" On the detected images alone: " + ", ".join(
                 f"{METHOD_NAMES[m]} {num(v)}" for m, v in d["auc_detected"].items() if v is not None)
                + f", random {num(d['auc_random_detected'])}." if d.get("auc_random_detected") is not None else "")
+            + (f" Blurring the whole crop moves the mean logit from {num(d['mean_logit_original'])} to "
+               f"{num(d['mean_logit_fully_blurred'])} (it rises for {pct(d['share_rising_when_fully_blurred'])} of the "
+               "images): "
+               + ("blur is not a neutral 'absence' for this detector, which reads smoothness as a sign of "
+                  "generation, so the curves first fall as evidence goes and then rise as the smoothness cue takes "
+                  "over; the comparison with random order stays fair because both orders end at the same image."
+                  if d["mean_logit_fully_blurred"] > d["mean_logit_original"] + CLEAR_LOGIT else
+                  "removing the fine detail removes the evidence, as it should for a trace detector."
+                  if d["mean_logit_fully_blurred"] < d["mean_logit_original"] - CLEAR_LOGIT else
+                  f"blurring barely moves it (within {num(CLEAR_LOGIT, 1)}): what keeps these images on their side "
+                  "survives the blur, i.e. lies in colour and layout rather than in fine traces.")
+               if d.get("mean_logit_fully_blurred") is not None else "")
             + weak_note(t))
         if a.get("skipped_gradient_methods"):
             lines.append(f"  {a['skipped_gradient_methods']}.")
@@ -245,19 +337,60 @@ def _frequency(summary) -> str:
     return "\n".join(lines)
 
 
+ABLATION_WORDS = {"none": "all channels", "without_npr_residual": "without the NPR residual",
+                  "without_srm_residuals": "without the SRM residuals", "without_rgb": "without colour (residuals only)",
+                  "rgb_only": "colour only (no residuals)"}
+
+
+def _channels(summary) -> str:
+    lines = ["## 5. Traces or colour? Input-channel ablation (figure `channel_ablation.png`)", "",
+             "The network's fixed front end stacks the NPR residual (3 channels), three SRM residuals and, when "
+             "configured, the centred colour image (3 channels); each group is set to zero in turn."]
+    for task, t in _tasks(summary):
+        c = t.get("channel_ablation")
+        if not c:
+            continue
+        if "skipped" in c:
+            lines.append(f"- {name(task)}: not run ({c['skipped']}).")
+            continue
+        parts = [f"{ABLATION_WORDS.get(key, key)}: AUC {num(v['roc_auc'])}, recall {pct(v['recall_ai'])}, "
+                 f"FPR {pct(v['fpr'])}" for key, v in c.items() if isinstance(v, dict) and "roc_auc" in v]
+        text = f"- {name(task)}: " + "; ".join(parts) + "."
+        if "rgb_only" in c and "without_rgb" in c:
+            colour, traces = c["rgb_only"]["roc_auc"], c["without_rgb"]["roc_auc"]
+            if colour is not None and traces is not None:
+                text += (f" Colour alone ranks the images at AUC {num(colour)}, the residuals alone at {num(traces)}: "
+                         + ("the decision leans on colour and content more than on generator traces, a dataset cue "
+                            "(what the generated images show and how they are coloured) rather than a trace of "
+                            "generation." if colour - traces > CLEAR_AUC else
+                            "colour and content carry about as much of the ranking as the residual traces, so the "
+                            "detector is only partly a trace detector." if abs(colour - traces) <= CLEAR_AUC else
+                            "the residual traces carry more of the ranking than colour and content."))
+                without = c["without_rgb"]
+                if without.get("recall_ai") is not None and c["none"].get("recall_ai") is not None:
+                    text += (f" Without colour the recall at the threshold moves from {pct(c['none']['recall_ai'])} "
+                             f"to {pct(without['recall_ai'])} (FPR {pct(c['none']['fpr'])} -> {pct(without['fpr'])}): "
+                             "the threshold was calibrated with colour in the input.")
+        lines.append(text)
+    return "\n".join(lines) if len(lines) > 3 else ""
+
+
 def _variant_line(v: dict, variant: str) -> str:
     real, generated = v["real"], v["generated"]
-    bits = [f"{VARIANT_WORDS.get(variant, variant)}: generated logits shift {signed(generated.get('mean_shift'))}, "
+    bits = [f"{VARIANT_WORDS.get(variant, variant)}: generated scores shift {signed(generated.get('mean_shift'))}, "
             f"recall {pct(generated.get('share_generated_before'))} -> {pct(generated.get('share_generated_after'))}; "
-            f"real logits {signed(real.get('mean_shift'))}, FPR {pct(real.get('share_generated_before'))} -> "
+            f"real scores {signed(real.get('mean_shift'))}, FPR {pct(real.get('share_generated_before'))} -> "
             f"{pct(real.get('share_generated_after'))}"]
     if v.get("n_identical_crops"):
         bits.append(f" (crops unchanged pixel for pixel: {v['n_identical_crops']})")
+    after = real.get("share_generated_after")
+    if after is not None and after > MAX_FPR >= (real.get("share_generated_before") or 0):
+        bits.append(f"; the false-positive rate breaks the {pct(MAX_FPR)} cap")
     return "".join(bits)
 
 
 def _shortcuts(summary) -> str:
-    lines = ["## 5. Shortcuts and dataset bias (figures `shortcut_audit.png`, `*_shortcut_by_source.png`, "
+    lines = ["## 6. Shortcuts and dataset bias (figures `shortcut_audit.png`, `*_shortcut_by_source.png`, "
              "`*_image_statistics.png`)", "",
              "The original validation files are changed and sent through the pipeline's own decoding and "
              "centred 256-px crop, then re-scored at each task's threshold."]
@@ -289,14 +422,16 @@ def _shortcuts(summary) -> str:
                    "mean 'camera photo' (the real photos of this data are JPEG files). The shift of the real images, "
                    "which are JPEGs already, and the Task 2 / Task 3 comparison below tell the two apart better than "
                    "this test alone." if drop < -CLEAR_SHIFT else
-                   f"The share called generated barely moves (mean logit shift of generated images "
+                   f"The share called generated barely moves (mean score shift of generated images "
                    f"{signed(jpeg['generated'].get('mean_shift'))}, of real ones "
                    f"{signed(jpeg['real'].get('mean_shift'))})."))
+    separation_said = False
     for task, t in _tasks(summary):
         stats = t.get("image_statistics")
         if not stats:
             continue
-        separation = stats.get("class_separation_auc", {})
+        separation = {} if separation_said else stats.get("class_separation_auc", {})
+        separation_said = True
         by_class = stats["by_class"]
         texture_real = by_class["real"].get("texture", {})
         texture_generated = by_class["generated"].get("texture", {})
@@ -309,6 +444,18 @@ def _shortcuts(summary) -> str:
             text += (" Alone, each statistic separates the classes with ROC AUC "
                      + ", ".join(f"{k} {num(v)}" for k, v in separation.items())
                      + " (0.5 = no information, far from 0.5 either way = a usable shortcut in this data).")
+            strongest = max(separation, key=lambda k: abs(separation[k] - 0.5))
+            strength = max(separation[strongest], 1 - separation[strongest])
+            if strength >= 0.8:
+                text += (f" The strongest, {strongest}, would tell the classes apart with AUC {num(strength)} on its "
+                         "own: a bias of this data that the detector must not learn."
+                         + {"megapixels": " The model cannot see the file's size (it reads a fixed 256-px crop "
+                                          "of decoded pixels), but resizing changes what the crop holds, which the "
+                                          "resizing rows above measure.",
+                            "jpeg_quality": " The model cannot read the file's quality setting, but the decoded "
+                                            "pixels keep its compression traces, which the JPEG rows above probe."
+                            }.get(strongest, " The model does see this property of its crop, so part of its score "
+                                             "may follow it."))
         formats = by_class["real"].get("error_rate_by_format")
         if formats:
             text += (" False-positive rate by original format: "
@@ -322,7 +469,7 @@ def _shortcuts(summary) -> str:
 
 
 def _failures(summary) -> str:
-    lines = ["## 6. Where it fails (figures `*_errors.png`)", ""]
+    lines = ["## 7. Where it fails (figures `*_errors.png`)", ""]
     for task, t in _tasks(summary):
         errors = t.get("errors")
         if not errors:
@@ -343,7 +490,10 @@ def _failures(summary) -> str:
             texture = stats.get(cls, {}).get("texture", {})
             if texture.get("mean_errors") is not None and texture.get("mean_correct") is not None:
                 text += (f" Texture of the {word}: {num(texture['mean_errors'], 1)} against "
-                         f"{num(texture['mean_correct'], 1)} for correct {cls} images.")
+                         f"{num(texture['mean_correct'], 1)} for correct {cls} images"
+                         + (": the false positives are smoother photos, which fits a detector that reads "
+                            "smoothness as generation." if cls == "real" and texture["mean_errors"]
+                            < SMOOTHER * texture["mean_correct"] else "."))
         attention = t.get("gradcam", {}).get("attention", {})
         for key, word in (("false_positives", "false positives"), ("false_negatives", "false negatives")):
             a = attention.get(key, {})
@@ -354,7 +504,7 @@ def _failures(summary) -> str:
 
 
 def _error_words(e: dict) -> str:
-    bits = [f"logit {num(e['score'])}"]
+    bits = [f"score {num(e['score'])}"]
     if "format" in e:
         bits.append(str(e["format"]))
     if "width" in e and "height" in e:
@@ -367,11 +517,16 @@ def _comparison(summary) -> str:
     if not {"task02", "task03"} <= set(tasks):
         return ""
     a, b = tasks["task02"], tasks["task03"]
-    lines = ["## 7. What robustness training changed (Task 2 -> Task 3)", ""]
+    lines = ["## 8. What robustness training changed (Task 2 vs Task 3)", "",
+             "Each pair reads: Task 2's value, then Task 3's."]
+    if a.get("kind") != b.get("kind"):
+        lines.append(f"- Caution: the two tasks use different detector kinds ({a.get('kind')} vs {b.get('kind')}), so "
+                     "the differences mix the model family with robustness training, and their scores live on "
+                     "different scales: compare shares and AUCs, not score shifts.")
     va, vb = a.get("validation"), b.get("validation")
     if va and vb:
-        lines.append(f"- Validation: recall {pct(va['recall_ai'])} -> {pct(vb['recall_ai'])}, FPR {pct(va['fpr'])} -> "
-                     f"{pct(vb['fpr'])}, ROC AUC {num(va['roc_auc'], 3)} -> {num(vb['roc_auc'], 3)}.")
+        lines.append(f"- Validation: recall {pct(va['recall_ai'])} vs {pct(vb['recall_ai'])}, FPR {pct(va['fpr'])} vs "
+                     f"{pct(vb['fpr'])}, ROC AUC {num(va['roc_auc'], 3)} vs {num(vb['roc_auc'], 3)}.")
     sa, sb = a.get("shortcut_audit"), b.get("shortcut_audit")
     if sa and sb:
         for variant in ("jpeg_q95", "jpeg_q75", "jpeg_q50", "resize_x0.5", "resize_x1.5"):
@@ -379,30 +534,34 @@ def _comparison(summary) -> str:
                 ga, gb = sa["variants"][variant]["generated"], sb["variants"][variant]["generated"]
                 ra, rb = sa["variants"][variant]["real"], sb["variants"][variant]["real"]
                 lines.append(
-                    f"- After {VARIANT_WORDS[variant]}: recall {pct(ga.get('share_generated_after'))} -> "
-                    f"{pct(gb.get('share_generated_after'))}, FPR {pct(ra.get('share_generated_after'))} -> "
-                    f"{pct(rb.get('share_generated_after'))}; mean shift of generated logits "
-                    f"{signed(ga.get('mean_shift'))} -> {signed(gb.get('mean_shift'))}.")
+                    f"- {VARIANT_WORDS[variant][0].upper() + VARIANT_WORDS[variant][1:]}: recall "
+                    f"{pct(ga.get('share_generated_after'))} vs {pct(gb.get('share_generated_after'))} (change "
+                    f"{pp(ga.get('share_generated_change'))} vs {pp(gb.get('share_generated_change'))}), FPR "
+                    f"{pct(ra.get('share_generated_after'))} vs {pct(rb.get('share_generated_after'))} (change "
+                    f"{pp(ra.get('share_generated_change'))} vs {pp(rb.get('share_generated_change'))}).")
     fa, fb = a.get("frequency"), b.get("frequency")
     if fa and fb:
         for kind in ("low_pass", "high_pass"):
             common = sorted(set(fa.get(kind, {})) & set(fb.get(kind, {})), key=float)
             if common:
-                lines.append(f"- {kind.replace('_', '-')} AUC by cut-off: " + "; ".join(
-                    f"{c}: {num(fa[kind][c]['roc_auc'])} -> {num(fb[kind][c]['roc_auc'])}" for c in common) + ".")
+                lines.append(f"- {kind.replace('_', '-').capitalize()} AUC by cut-off: " + "; ".join(
+                    f"{c}: {num(fa[kind][c]['roc_auc'])} vs {num(fb[kind][c]['roc_auc'])}" for c in common) + ".")
+    ca, cb = a.get("channel_ablation", {}), b.get("channel_ablation", {})
+    common = [k for k in ("without_rgb", "rgb_only", "without_npr_residual", "without_srm_residuals")
+              if isinstance(ca.get(k), dict) and isinstance(cb.get(k), dict)]
+    if common:
+        lines.append("- Input-channel ablation AUC: " + "; ".join(
+            f"{ABLATION_WORDS.get(k, k)} {num(ca[k]['roc_auc'])} vs {num(cb[k]['roc_auc'])}" for k in common) + ".")
     ga, gb = a.get("gradcam", {}).get("attention"), b.get("gradcam", {}).get("attention")
     if ga and gb:
-        lines.append(f"- Grad-CAM top-10 % share on generated images: {pct(ga['generated'].get('top10_mass'))} -> "
+        lines.append(f"- Grad-CAM top-10 % share on generated images: {pct(ga['generated'].get('top10_mass'))} vs "
                      f"{pct(gb['generated'].get('top10_mass'))}.")
     da, db = a.get("attributions", {}).get("deletion", {}), b.get("attributions", {}).get("deletion", {})
     if da.get("best_method") and db.get("best_method"):
         lines.append(f"- Deletion test: best map {METHOD_NAMES[da['best_method']]} "
-                     f"(area {num(da['auc'][da['best_method']])} vs random {num(da['auc_random'])}) -> "
+                     f"(area {num(da['auc'][da['best_method']])} vs random {num(da['auc_random'])}) vs "
                      f"{METHOD_NAMES[db['best_method']]} (area {num(db['auc'][db['best_method']])} vs random "
                      f"{num(db['auc_random'])}).")
-    if a.get("kind") != b.get("kind"):
-        lines.append(f"- Caution: the two tasks use different detector kinds ({a.get('kind')} vs {b.get('kind')}), "
-                     "so the differences mix model family and robustness training.")
     return "\n".join(lines)
 
 
@@ -410,7 +569,7 @@ def _caveats(summary) -> str:
     config = summary["config"]
     n = summary["data"]["n"]
     lines = [
-        "## 8. How far to trust this", "",
+        "## 9. How far to trust this", "",
         f"- Small samples: {n} validation crops; the per-source rates carry wide intervals (see the error bars), "
         f"and Integrated Gradients, occlusion and the deletion test use at most {config['max_images']} and "
         f"{config['max_occlusion_images']} crops per task (seed {config['seed']}).",
@@ -419,6 +578,8 @@ def _caveats(summary) -> str:
         "- 'Removing' evidence means blurring (sigma 3 px): the baseline of Integrated Gradients, the occlusion "
         "patch and the deletion steps all share it. Another baseline (zeros, noise) would give other maps; the "
         "blurred image is the natural 'no trace' reference for a high-pass detector.",
+        "- Zeroing input channels moves the network's inputs off the distribution it was trained on; a drop in "
+        "AUC shows dependence on the channels, not that the remaining ones would suffice after retraining.",
         "- The perturbations of the shortcut audit are ours, not the hidden test's; they probe sensitivities, "
         "they do not estimate performance on `validation_augmented`.",
         "- Correlation is not cause: an error rate that differs by format or texture points at a possible "

@@ -15,8 +15,9 @@ rewritten after each, so whatever finished is kept when time runs out:
 2. errors against image statistics (texture, brightness, original size and format);
 3. Grad-CAM on every validation crop: mean attention of real vs generated, error galleries;
 4. shortcut audit: PNG / JPEG re-encoding, resizing, aspect crops and borders of the originals;
-5. Integrated Gradients and occlusion on a sample, and the deletion test of every map;
-6. frequency audit: low- and high-pass filtered crops, and the mean spectra.
+5. input-channel ablation: the network without its residual or its colour channels;
+6. Integrated Gradients and occlusion on a sample, and the deletion test of every map;
+7. frequency audit: low- and high-pass filtered crops, and the mean spectra.
 """
 from __future__ import annotations
 
@@ -61,7 +62,9 @@ class Run:
     data: ValidationSet
     models: dict[str, TaskModel]
     summary: dict
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # the detector's score
+    explained: dict[str, np.ndarray] = field(default_factory=dict)  # the part the maps explain (network logit)
+    classical: dict[str, np.ndarray | None] = field(default_factory=dict)  # a fusion's classical part
     predicted: dict[str, np.ndarray] = field(default_factory=dict)
     gradcam: dict[str, np.ndarray] = field(default_factory=dict)  # signed maps of every crop
 
@@ -78,9 +81,6 @@ class Run:
     def figure(self, key: str, path: Path) -> None:
         self.summary["figures"][key] = path.name
 
-    def networks(self) -> list[TaskModel]:
-        return [m for m in self.models.values() if m.network is not None]
-
 
 # --- 1. scores and errors -----------------------------------------------------------
 
@@ -88,9 +88,12 @@ class Run:
 def analyse_scores(run: Run) -> None:
     rates = {}
     for task, model in run.models.items():
-        scores = model.score(run.data.crops)
+        explained = model.explained_scores(run.data.crops)
+        classical = model.classical.score(np.asarray(run.data.crops)) if model.kind == "fusion" else None
+        scores = model.combine(explained, classical_scores=classical)
         predicted = model.predict(scores)
-        run.scores[task], run.predicted[task] = scores, predicted
+        run.scores[task], run.explained[task], run.classical[task] = scores, explained, classical
+        run.predicted[task] = predicted
         metrics = detection_metrics(run.data.source_class, scores, predicted)
         labels, sources = run.labels, run.data.source_class
         false_positive = np.flatnonzero((labels == 0) & (predicted == 1))
@@ -142,14 +145,16 @@ def analyse_gradcam(run: Run) -> None:
         if model.network is None:
             run.task_summary(task)["gradcam"] = {"skipped": "classical fallback detector: no gradients"}
         else:
-            maps = attributions.gradcam_maps(model, run.data.crops, centre=model.threshold)
+            maps = attributions.gradcam_maps(model, run.data.crops,
+                                             centre=model.network_thresholds(len(run.data), run.classical[task]))
             run.gradcam[task] = maps
             decision = attributions.decision_maps(maps, run.predicted[task])
             real_mean, generated_mean = maps[labels == 0].mean(axis=0), maps[labels == 1].mean(axis=0)
             both = real_mean.std() > 0 and generated_mean.std() > 0
             run.task_summary(task)["gradcam"] = {
                 "layer": "stages[-1] (last residual block), bilinear upsampling to the crop",
-                "map": "signed Grad-CAM of the generated logit, centred so the cells sum to logit - threshold",
+                "map": "signed Grad-CAM of the network logit, centred so the cells sum to logit - threshold "
+                       "(for a fusion: each image's threshold on the network logit, the classical part held fixed)",
                 "attention_of": "evidence for the model's own decision: ReLU(map x sign of the decision)",
                 "attention": {"real": attributions.attention_statistics(decision[labels == 0]),
                               "generated": attributions.attention_statistics(decision[labels == 1]),
@@ -223,7 +228,41 @@ def analyse_shortcuts(run: Run) -> None:
     run.figure("shortcut_audit", figures.shortcut_overview(run.out / "shortcut_audit.png", audits))
 
 
-# --- 5. attributions on a sample and the deletion test -------------------------------
+# --- 5. input-channel ablation -------------------------------------------------------
+
+
+def analyse_channels(run: Run) -> None:
+    results = {}
+    for task, model in run.models.items():
+        groups = audit.front_end_groups(model.network) if model.network is not None else None
+        if groups is None:
+            run.task_summary(task)["channel_ablation"] = {
+                "skipped": "no network with the HighPassFrontEnd layout" if model.network is not None else
+                           "classical fallback detector: no input channels to ablate"}
+            continue
+        entry = {"groups": groups, "zeroed": "front-end output channels set to 0 (no residual / mid-grey colour)",
+                 "decisions_of": "the whole detector" + (" (network ablated, classical part unchanged)"
+                                                          if model.kind == "fusion" else ""),
+                 "none": _ablation_entry(run, task, run.explained[task])}
+        for name, channels in audit.ablations(groups).items():
+            if not run.keep_going():
+                break
+            entry[name] = _ablation_entry(run, task, audit.scores_without_channels(model, run.data.crops, channels))
+        run.task_summary(task)["channel_ablation"] = results[task] = entry
+    if results:
+        run.figure("channel_ablation", figures.channel_ablation(run.out / "channel_ablation.png", results))
+
+
+def _ablation_entry(run: Run, task: str, network_scores: np.ndarray) -> dict:
+    model = run.models[task]
+    scores = model.combine(network_scores, classical_scores=run.classical[task])
+    entry = audit.describe_scores(scores, run.data.source_class, model.threshold)
+    if model.kind == "fusion":
+        entry["network_roc_auc"] = audit.describe_scores(network_scores, run.data.source_class, 0.0)["roc_auc"]
+    return entry
+
+
+# --- 6. attributions on a sample and the deletion test -------------------------------
 
 
 def select_sample(labels: np.ndarray, scores: np.ndarray, predicted: np.ndarray, n: int,
@@ -261,7 +300,9 @@ def analyse_attributions(run: Run) -> None:
         result = _attribute_task(run, task, model)
         run.task_summary(task)["attributions"] = result
         if result.get("deletion", {}).get("n_images"):
-            deletions[task] = result["deletion"] | {"threshold": model.threshold}
+            deletions[task] = result["deletion"] | {
+                "threshold": model.threshold if model.kind != "fusion" else None,
+                "y_label": "mean network logit" if model.network is not None else "mean classical log-odds"}
         write_json(run.out / "summary.json", run.summary)
     if deletions:
         run.figure("deletion_curves", figures.deletion_curves(run.out / "deletion_curves.png", deletions))
@@ -275,8 +316,9 @@ def _attribute_task(run: Run, task: str, model: TaskModel) -> dict:
     baselines = attributions.blurred(crops)
     maps, n_done, notes = {}, {}, {}
     if model.network is not None:
-        maps["gradcam"] = (run.gradcam[task][sample] if task in run.gradcam
-                           else attributions.gradcam_maps(model, crops, centre=model.threshold))
+        classical = run.classical[task][sample] if run.classical[task] is not None else None
+        maps["gradcam"] = (run.gradcam[task][sample] if task in run.gradcam else attributions.gradcam_maps(
+            model, crops, centre=model.network_thresholds(len(sample), classical)))
         n_done["gradcam"] = len(sample)
         ig, errors = [], []
         for i in range(len(sample)):
@@ -297,6 +339,8 @@ def _attribute_task(run: Run, task: str, model: TaskModel) -> dict:
     maps["occlusion"], n_done["occlusion"] = np.asarray(occlusion), len(occlusion)
 
     result = {
+        "explains": ("the network logit (for a fusion detector: its network part; the classical part has no "
+                     "gradients)" if model.network is not None else "the classical log-odds"),
         "sample": [_describe(run, int(i), scores) | {"predicted": int(predicted[i])} for i in sample],
         "n_maps": n_done,
         "baseline": f"the image blurred by a Gaussian of sigma {attributions.BLUR_SIGMA} px (removes the "
@@ -310,10 +354,11 @@ def _attribute_task(run: Run, task: str, model: TaskModel) -> dict:
     displayed = [i for i in range(min(4, len(sample))) if all(n_done[m] > i for m in maps)]
     if displayed:
         rows = [{"crop": crops[i],
-                 "title": (f"{figures.source_name(run.data.source_class[sample[i]])}, logit {scores[sample[i]]:.2f}\n"
+                 "title": (f"{figures.source_name(run.data.source_class[sample[i]])}, score {scores[sample[i]]:.2f}\n"
                            f"{_outcome(labels[sample[i]], predicted[sample[i]])}"),
                  "maps": {m: maps[m][i] for m in maps}} for i in displayed]
-        path = figures.attribution_panels(run.out / f"{task}_attributions.png", task, rows, list(maps))
+        path = figures.attribution_panels(run.out / f"{task}_attributions.png", task, rows, list(maps),
+                                          "network logit" if model.network is not None else "classical log-odds")
         run.figure(f"{task}_attributions", path)
     result.update(_deletion_test(run, model, sample, crops, baselines, maps, n_done, rng))
     return result
@@ -362,7 +407,7 @@ def _deletion_test(run, model, sample, crops, baselines, maps, n_done, rng) -> d
     return out
 
 
-# --- 6. frequency ---------------------------------------------------------------------
+# --- 7. frequency ---------------------------------------------------------------------
 
 
 def analyse_frequency(run: Run) -> None:
@@ -386,6 +431,7 @@ ANALYSES = (
     ("image_statistics", analyse_image_statistics),
     ("gradcam", analyse_gradcam),
     ("shortcut_audit", analyse_shortcuts),
+    ("channel_ablation", analyse_channels),
     ("attributions", analyse_attributions),
     ("frequency", analyse_frequency),
 )
@@ -412,6 +458,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout_seconds", type=float, default=900.0)
     return parser
+
+
+def describe_model(model: TaskModel) -> dict:
+    """What the explanations are about: architecture and front end of the network, or the classical model."""
+    if model.network is None:
+        return {"family": "classical", "classifier": type(model.detector.scorer).__name__}
+    network = model.network
+    front = getattr(network, "front", None)
+    return {"family": model.kind, "class": type(network).__name__,
+            "fusion_weight_of_network": getattr(model.detector.scorer, "weight", None) if model.kind == "fusion" else None,
+            "parameters": int(sum(p.numel() for p in network.parameters())),
+            "front_end_channels": getattr(front, "out_channels", None),
+            "sees_colour_image": bool(getattr(front, "with_rgb", False)),
+            "best_epoch": (model.detector.info.get("fit") or {}).get("best_epoch")}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -442,7 +502,8 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             description = models[task].detector.info
             summary["tasks"][task] = {"kind": models[task].kind, "threshold": models[task].detector.threshold.to_dict(),
-                                      "calibration_sets": list(description.get("calibration_sets", {}))}
+                                      "calibration_sets": list(description.get("calibration_sets", {})),
+                                      "model": describe_model(models[task])}
         run = Run(args, deadline, out, data, models, summary)
         if not models:
             raise PipelineError(f"no detector in {args.artifacts} for tasks {args.tasks}")

@@ -27,23 +27,27 @@ METHOD_NAMES = {"gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradi
 TASK_NAMES = {"task02": "Task 2 (plain)", "task03": "Task 3 (robust)"}
 
 
+def _png(fig, dpi: int, palette: bool) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    if not palette:
+        return buffer.getvalue()
+    image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    quantised = io.BytesIO()
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(quantised, format="PNG", optimize=True)
+    return quantised.getvalue()
+
+
 def save(fig, path: Path) -> Path:
-    """Write ``fig`` as PNG; re-encode with a 256-colour palette, then lower the resolution, if too big."""
+    """Write ``fig`` as PNG under ``MAX_BYTES``: full colour at a falling resolution first (colour bars stay
+    smooth), then with a 256-colour palette."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dpi = DPI
-    while True:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=dpi)
-        data = buffer.getvalue()
-        if len(data) > MAX_BYTES:
-            image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-            quantised = io.BytesIO()
-            image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(quantised, format="PNG", optimize=True)
-            data = quantised.getvalue()
-        if len(data) <= MAX_BYTES or dpi <= 50:
+    attempts = [(DPI, False), (90, False), (80, False), (DPI, True), (80, True), (65, True), (50, True)]
+    for dpi, palette in attempts:
+        data = _png(fig, dpi, palette)
+        if len(data) <= MAX_BYTES:
             break
-        dpi = int(dpi * 0.8)
     plt.close(fig)
     tmp = path.with_suffix(".tmp.png")
     tmp.write_bytes(data)
@@ -96,7 +100,7 @@ METHOD_UNITS = {"gradcam": "logit - threshold per cell", "integrated_gradients":
                 "occlusion": "logit drop when blurred"}
 
 
-def attribution_panels(path: Path, task: str, rows: list[dict], methods: list[str]) -> Path:
+def attribution_panels(path: Path, task: str, rows: list[dict], methods: list[str], explained: str) -> Path:
     """Rows of images: the crop, then each method's signed map of the generated logit.
 
     ``rows``: {"crop", "title", "maps": {method: signed map}}.
@@ -110,7 +114,7 @@ def attribution_panels(path: Path, task: str, rows: list[dict], methods: list[st
             sigma = 2.0 if method == "integrated_gradients" else 0.0
             _signed_panel(fig, axes[r, c], smoothed(row["maps"][method], sigma),
                           METHOD_NAMES[method] + (" (smoothed)" if sigma else ""), METHOD_UNITS[method])
-    fig.suptitle(f"{TASK_NAMES.get(task, task)}: attributions of the generated logit "
+    fig.suptitle(f"{TASK_NAMES.get(task, task)}: attributions of the {explained} "
                  "(red: towards generated, blue: towards real)", fontsize=10)
     return save(fig, path)
 
@@ -155,7 +159,7 @@ def error_gallery(path: Path, task: str, sections: list[dict], threshold: float)
                     bottom_ax.axis("off")
                 continue
             item = section["items"][c]
-            _crop_panel(top_ax, item["crop"], f"{source_name(item['source'])}, logit {item['score']:.2f}")
+            _crop_panel(top_ax, item["crop"], f"{source_name(item['source'])}, score {item['score']:.2f}")
             if c == 0:
                 top_ax.set_ylabel(section["title"], fontsize=8)
             if bottom_ax is not None:
@@ -166,14 +170,15 @@ def error_gallery(path: Path, task: str, sections: list[dict], threshold: float)
         if not section["items"]:
             axes[rows_per * s, 0].text(0.5, 0.5, "none", ha="center", va="center")
     fig.suptitle(f"{TASK_NAMES.get(task, task)}: most confident errors at the calibrated threshold "
-                 f"(logit > {threshold:.2f} = generated; maps: red towards generated, blue towards real)", fontsize=10)
+                 f"(score > {threshold:.2f} = generated; maps: red towards generated, blue towards real)", fontsize=10)
     return save(fig, path)
 
 
 def deletion_curves(path: Path, deletions: dict[str, dict]) -> Path:
     """Mean generated logit as blocks are blurred away, attribution order vs random order, per task."""
     tasks = list(deletions)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.4 * len(tasks), 4.0), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(7.0, 5.6 * len(tasks)), 4.2), squeeze=False,
+                             constrained_layout=True)
     for ax, task in zip(axes[0], tasks):
         summary = deletions[task]
         fractions = np.asarray(summary["fractions"]) * 100
@@ -188,15 +193,52 @@ def deletion_curves(path: Path, deletions: dict[str, dict]) -> Path:
             ax.axhline(summary["threshold"], color="grey", ls=":", lw=1, label="calibrated threshold")
         ax.set_xlabel(f"share of {summary.get('block_px', 8)}x{summary.get('block_px', 8)} blocks replaced by "
                       "their blur (%)")
-        ax.set_ylabel("mean generated logit")
+        ax.set_ylabel(summary.get("y_label", "mean score"))
         ax.set_title(f"{TASK_NAMES.get(task, task)}: {summary['n_images']} generated images", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle("Deletion test: most-attributed blocks first; a faithful map falls faster than random", fontsize=10)
+    fig.suptitle("Deletion test: blocks blurred most-attributed first;\na faithful map falls faster than random order",
+                 fontsize=10)
     return save(fig, path)
 
 
 # --- audits ---------------------------------------------------------------------------
+
+
+ABLATION_NAMES = {"none": "nothing zeroed", "without_npr_residual": "without NPR", "without_srm_residuals": "without SRM",
+                  "without_rgb": "without colour\n(residuals only)", "rgb_only": "colour only\n(no residuals)"}
+
+
+def channel_ablation(path: Path, results: dict[str, dict]) -> Path:
+    """ROC AUC, recall and FPR with groups of the network's input channels zeroed, per task."""
+    tasks = list(results)
+    names = [n for n in ABLATION_NAMES if any(n in r for r in results.values())]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.0), constrained_layout=True)
+    x = np.arange(len(names))
+    width = 0.8 / max(1, len(tasks))
+    for t, task in enumerate(tasks):
+        offset = (t - (len(tasks) - 1) / 2) * width
+        entry = results[task]
+        auc = [entry[n]["roc_auc"] if n in entry and entry[n]["roc_auc"] is not None else np.nan for n in names]
+        axes[0].bar(x + offset, auc, width=width, color=TASK_COLOURS.get(task), label=TASK_NAMES.get(task, task))
+        recall = [entry[n]["recall_ai"] if n in entry else np.nan for n in names]
+        fpr = [entry[n]["fpr"] if n in entry else np.nan for n in names]
+        axes[1].plot(x, recall, marker="o", color=TASK_COLOURS.get(task), label=f"{TASK_NAMES.get(task, task)}: recall")
+        axes[1].plot(x, fpr, marker="s", ls="--", color=TASK_COLOURS.get(task),
+                     label=f"{TASK_NAMES.get(task, task)}: false-positive rate")
+    axes[0].axhline(0.5, color="grey", ls=":", lw=1)
+    axes[0].set_ylim(0, 1.02)
+    axes[0].set_ylabel("ROC AUC (threshold-free)")
+    axes[1].set_ylim(-0.03, 1.03)
+    axes[1].set_ylabel("share at the calibrated threshold")
+    for ax in axes:
+        ax.set_xticks(x, [ABLATION_NAMES[n] for n in names], fontsize=8)
+        ax.set_xlabel("input channels zeroed at the front end")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.suptitle("Traces or colour? The network with groups of its fixed input channels zeroed (validation)",
+                 fontsize=10)
+    return save(fig, path)
 
 
 def shortcut_overview(path: Path, audits: dict[str, dict]) -> Path:
@@ -211,7 +253,7 @@ def shortcut_overview(path: Path, audits: dict[str, dict]) -> Path:
             shifts = [audit[v][name].get("mean_shift", np.nan) for v in variants]
             row[0].bar(x + offset, shifts, width=0.4, color=colour, label=f"{name} images")
         row[0].axhline(0, color="black", lw=0.8)
-        row[0].set_ylabel("mean logit change")
+        row[0].set_ylabel("mean score change")
         row[0].set_title(f"{TASK_NAMES.get(task, task)}: score shift after the change", fontsize=9)
         labels = ["original"] + variants
         for name, colour, what in (("real", "tab:green", "real: false-positive rate"),
@@ -221,6 +263,7 @@ def shortcut_overview(path: Path, audits: dict[str, dict]) -> Path:
                 continue
             values = [first["share_generated_before"]] + [audit[v][name]["share_generated_after"] for v in variants]
             row[1].plot(np.arange(len(labels)), values, marker="o", color=colour, label=what)
+        row[1].axhline(0.2, color="grey", ls=":", lw=1, label="FPR cap 0.2")
         row[1].set_ylim(-0.03, 1.03)
         row[1].set_ylabel("share labelled generated")
         row[1].set_title(f"{TASK_NAMES.get(task, task)}: decisions at the calibrated threshold", fontsize=9)
@@ -304,12 +347,12 @@ def spectra(path: Path, spectra_: dict) -> Path:
     high = max(float(spectra_["real"].max()), float(spectra_["generated"].max()))
     extent = (-0.5, 0.5, 0.5, -0.5)
     for ax, name in zip(axes[:2], ("real", "generated")):
-        image = ax.imshow(spectra_[name], cmap="viridis", vmin=low, vmax=high, extent=extent)
+        image = ax.imshow(spectra_[name], cmap="viridis", vmin=low, vmax=high, extent=extent, interpolation="nearest")
         ax.set_title(f"mean log10 power, {name} (n={spectra_['counts'][name]})", fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
     difference = spectra_["generated"] - spectra_["real"]
     limit = float(np.percentile(np.abs(difference), 99.5)) or 1e-6
-    image = axes[2].imshow(difference, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent)
+    image = axes[2].imshow(difference, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent, interpolation="nearest")
     axes[2].set_title("generated - real (log10 power)", fontsize=9)
     fig.colorbar(image, ax=axes[2], fraction=0.046, pad=0.02)
     for ax in axes[:3]:
@@ -371,7 +414,7 @@ def image_statistics(path: Path, task: str, table, scores: np.ndarray, predicted
         ax.set_xscale(scale)
         ax.set_xlabel({"texture": "texture: mean |Laplacian| of the crop's luma",
                        "brightness": "brightness: mean luma of the crop (0-255)"}[column])
-        ax.set_ylabel("generated logit")
+        ax.set_ylabel("detector score (> threshold = generated)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if has_format:

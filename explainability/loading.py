@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SOLUTION = REPO / "solution"
-if str(SOLUTION) not in sys.path:
-    sys.path.insert(0, str(SOLUTION))
-
-from aidetect.cleaning import load_prepared  # noqa: E402
-from aidetect.detector import Detector, load_detector  # noqa: E402
-from aidetect.models import to_tensor  # noqa: E402
-from aidetect.paths import clean_dir, prepared_dir  # noqa: E402
+from aidetect.cleaning import load_prepared
+from aidetect.detector import Detector, load_detector
+from aidetect.models import to_tensor
+from aidetect.paths import clean_dir, prepared_dir
 
 ENV_KEYS = ("AMLS_ARTIFACTS_DIR", "AMLS_DATA_DIR")
 
@@ -46,7 +40,18 @@ def pointing_at(artifacts: Path, data: Path):
 
 @dataclass
 class TaskModel:
-    """One task's active detector seen as a function of float pixels in [0, 1]."""
+    """One task's active detector, and the part of it that the attribution maps explain.
+
+    Three kinds of detector exist (``aidetect.detector``): ``network`` (the
+    TraceNet logit), ``fusion`` (a weighted sum of the standardised TraceNet
+    logit and classical log-odds) and ``classical`` (the fallback alone).
+    ``score`` is always the full detector score that meets the threshold. The
+    maps explain ``explained``: the network logit when there is a network
+    (gradients exist only there), else the classical log-odds. For a fusion,
+    ``network_thresholds`` turns the detector's threshold into each image's
+    threshold on the network logit (the classical part held fixed), so a map
+    of the network logit can still be read against the decision.
+    """
 
     task: str
     detector: Detector
@@ -61,36 +66,55 @@ class TaskModel:
 
     @property
     def network(self) -> torch.nn.Module | None:
-        """The TraceNet inside the detector (alone or in the fusion), or None for the classical fallback."""
-        return self.detector.network
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) floats -> (B,) scores on the detector's own scale (its threshold applies).
-
-        Differentiable through the network. The classical model sees the same
-        pixels rounded to uint8, as in the pipeline; in the fusion its share is
-        a constant for gradients, so gradient methods explain the network part.
-        """
-        def classical(model) -> torch.Tensor:
-            crops = (x.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-            return torch.from_numpy(model.score(crops)).float()
-
         if self.kind == "network":
-            return self.network(x.contiguous(memory_format=torch.channels_last))
-        if self.kind == "fusion":
-            fused, stats = self.detector.scorer, self.detector.scorer.stats
-            network = (self.network(x.contiguous(memory_format=torch.channels_last)) - stats["network_mean"]) / stats["network_std"]
-            other = (classical(fused.classical) - stats["classical_mean"]) / stats["classical_std"]
-            return fused.weight * network + (1 - fused.weight) * other
-        return classical(self.detector.scorer)
+            return self.detector.scorer
+        return getattr(self.detector.scorer, "network", None) if self.kind == "fusion" else None
 
-    def score(self, crops: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        """Logits of uint8 crops (N, H, W, 3), exactly as the predict stages compute them."""
+    @property
+    def classical(self):
+        if self.kind == "classical":
+            return self.detector.scorer
+        return getattr(self.detector.scorer, "classical", None) if self.kind == "fusion" else None
+
+    def explained(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) floats in [0, 1] -> (B,) explained scores; differentiable when a network exists.
+
+        The classical model sees the same pixels rounded to uint8, as in the pipeline.
+        """
+        if self.network is not None:
+            return self.network(x.contiguous(memory_format=torch.channels_last))
+        crops = (x.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return torch.from_numpy(self.classical.score(crops)).float()
+
+    def explained_scores(self, crops: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """``explained`` on uint8 crops (N, H, W, 3), in batches."""
         out = []
         with torch.inference_mode():
             for start in range(0, len(crops), batch_size):
-                out.append(self.logits(to_tensor(np.array(crops[start : start + batch_size]))).numpy())
+                out.append(self.explained(to_tensor(np.array(crops[start : start + batch_size]))).numpy())
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+    def combine(self, explained_scores: np.ndarray, crops: np.ndarray | None = None,
+                classical_scores: np.ndarray | None = None) -> np.ndarray:
+        """The full detector score from the explained part (and, for a fusion, the classical part)."""
+        if self.kind != "fusion":
+            return explained_scores
+        if classical_scores is None:
+            classical_scores = self.classical.score(np.asarray(crops))
+        return self.detector.scorer.combine(explained_scores, classical_scores)
+
+    def score(self, crops: np.ndarray) -> np.ndarray:
+        """The full detector score of uint8 crops, the number the threshold applies to."""
+        return self.combine(self.explained_scores(crops), crops)
+
+    def network_thresholds(self, n: int, classical_scores: np.ndarray | None = None) -> np.ndarray:
+        """Per image, the network logit at which the detector's decision flips."""
+        if self.kind != "fusion":
+            return np.full(n, self.threshold)
+        scorer, stats = self.detector.scorer, self.detector.scorer.stats
+        z_classical = (classical_scores - stats["classical_mean"]) / stats["classical_std"]
+        z_needed = (self.threshold - (1 - scorer.weight) * z_classical) / scorer.weight
+        return stats["network_mean"] + stats["network_std"] * z_needed
 
     def predict(self, scores: np.ndarray) -> np.ndarray:
         return self.detector.threshold.predict(scores)
@@ -98,13 +122,13 @@ class TaskModel:
 
 def load_task_model(task: str) -> TaskModel:
     """The active detector of ``artifacts/<task>`` (PipelineError when there is none)."""
-    detector = load_detector(task)
-    if detector.network is not None:
+    model = TaskModel(task, load_detector(task))
+    if model.network is not None:
         # channels_last is 1.4x faster for this CNN on CPU and changes no number.
-        detector.network.to(memory_format=torch.channels_last).eval()
-        for parameter in detector.network.parameters():
+        model.network.to(memory_format=torch.channels_last).eval()
+        for parameter in model.network.parameters():
             parameter.requires_grad_(False)
-    return TaskModel(task, detector)
+    return model
 
 
 @dataclass

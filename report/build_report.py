@@ -50,6 +50,7 @@ TEMPLATE = REPORT_DIR / "template.typ"
 TEAM_FILE = REPORT_DIR / "team.json"
 DEFAULT_BUILD = REPORT_DIR / "build"
 MAX_PAGES = 8
+REFERENCE_FACTOR = 5  # training may take at most 5x the course's reference runtime (SPEC.md)
 NOT_RUN = "not run"
 NOT_AVAILABLE = "n/a"  # the file exists but does not hold this number (or it is undefined, e.g. NaN)
 PLACEHOLDER_ID = "0000000"
@@ -524,7 +525,7 @@ def _share_text(counts: dict | None) -> str:
     ordered = sorted(counts.items(), key=lambda kv: -kv[1])
     if len(ordered) == 1:
         return str(ordered[0][0])
-    return " / ".join(f"{k} {100 * v / total:.0f}%" for k, v in ordered[:3])
+    return " / ".join(f"{k} {100 * v / total:.0f} %" for k, v in ordered[:3])
 
 
 def exploration_tables(exploration: dict | None, cleaning: dict | None) -> dict:
@@ -664,17 +665,36 @@ def _split_row(label: str, split_label: str, record: dict | None, source_missing
 METRIC_HEADER = ["recall AI", "FPR", "FPR 95 % CI", "precision", "bal. acc.", "ROC AUC", "recall\u2009@0.2 (oracle)"]
 
 
+DEPLOYED = "\u2009*"  # marks the deployed detector in the tables
+
+
+def model_variants(metrics: dict | None) -> list[tuple[str, dict | None]]:
+    """(label, per-split metrics) of the network, the classical model and their fusion, the deployed one marked.
+
+    Reads both schemas of metrics.json: ``network_splits`` / ``classical_splits`` beside the
+    deployed ``splits``, or the older ``splits`` / ``fallback_splits``.
+    """
+    m = metrics or {}
+    deployed = m.get("detector")
+    network = m.get("network_splits") or (m.get("splits") if deployed == "network" else None)
+    classical = m.get("classical_splits") or m.get("fallback_splits") or (
+        m.get("splits") if deployed == "classical" else None)
+    variants = [("TraceNet CNN" + (DEPLOYED if deployed == "network" else ""), network),
+                ("features + logistic regr." + (DEPLOYED if deployed == "classical" else ""), classical)]
+    if deployed == "fusion" or m.get("fusion") is not None and deployed != "network":
+        variants.append(("fusion of both" + (DEPLOYED if deployed == "fusion" else ""),
+                         m.get("splits") if deployed == "fusion" else None))
+    return variants
+
+
 def model_tables(metrics: dict, detectors: dict, families: list | None) -> dict:
     tables = {}
     m2 = metrics.get("task02")
     rows = []
-    network = m2 is not None and m2.get("detector") == "network"
-    classical_splits = (m2 or {}).get("fallback_splits") if network else (m2 or {}).get("splits")
-    for split in EVAL_SPLITS:
-        name = split.replace("_", " ").replace("validation augmented", "val. augmented")
-        rows.append(_split_row("TraceNet CNN", name, dig(m2, "splits", split) if network else None,
-                               m2 is None or not network))
-        rows.append(_split_row("features + logistic regr.", name, dig(classical_splits, split), m2 is None))
+    for label, record_splits in model_variants(m2):
+        for split in EVAL_SPLITS:
+            name = split.replace("_", " ").replace("validation augmented", "val. augmented")
+            rows.append(_split_row(label, name, dig(record_splits, split), m2 is None or record_splits is None))
     course = None
     for record in families or []:
         if "baseline" in _family_name(record).lower() or "course" in _family_name(record).lower():
@@ -767,8 +787,15 @@ def model_values(metrics: dict, detectors: dict, predict_reports: dict, referenc
     for task in TASKS:
         m = metrics.get(task)
         p = task[-1]  # "2" / "3"
-        values[f"t{p}.detector"] = NOT_RUN if m is None else (
-            "the TraceNet CNN" if m.get("detector") == "network" else "the classical fallback (the network did not finish)")
+        kind = (m or {}).get("detector")
+        weight = dig(m, "fusion", "weight")
+        values[f"t{p}.fusion_weight"] = fmt_float(weight) if m is not None else NOT_RUN
+        values[f"t{p}.detector"] = NOT_RUN if m is None else {
+            "network": "the TraceNet CNN",
+            "classical": "the classical model (the network did not finish)",
+            "fusion": (f"the fusion of the TraceNet CNN and the classical model (each score standardised on the "
+                       f"real holdout images, weight {fmt_float(weight)} on the network)"),
+        }.get(kind, str(kind))
         for split in EVAL_SPLITS:
             s = "val" if split == "validation" else "aug"
             for key in ("recall_ai", "fpr", "roc_auc", "balanced_accuracy", "precision_ai", "recall_at_fpr_0.2_oracle"):
@@ -793,7 +820,7 @@ def model_values(metrics: dict, detectors: dict, predict_reports: dict, referenc
                                             "fallback was deployed.")
         else:
             values[f"t{p}.fit_sentence"] = (
-                f"It ran {cell(fit, ('epochs_run',), fmt_int)} epochs in {cell(fit, ('seconds',), fmt_seconds)} s "
+                f"It ran {cell(fit, ('epochs_run',), fmt_int)} epochs in {fmt_seconds(epoch_seconds_total(m))} s "
                 f"(best epoch {cell(fit, ('best_epoch',), fmt_int)}; stopped: {fit.get('stopped_because', NOT_AVAILABLE)}).")
         history = dig(m, "fit", "history") or []
         epoch_secs = [h.get("seconds") for h in history if isinstance(h, dict) and _is_number(h.get("seconds"))]
@@ -846,19 +873,41 @@ def model_values(metrics: dict, detectors: dict, predict_reports: dict, referenc
     # Timing against the reference runtime.
     ref = dig(reference, "elapsed_seconds")
     values["ref.seconds"] = fmt_seconds(ref) if _is_number(ref) else NOT_RUN
-    values["ref.budget"] = fmt_seconds(5 * ref) if _is_number(ref) else NOT_RUN
+    values["ref.budget"] = fmt_seconds(REFERENCE_FACTOR * ref) if _is_number(ref) else NOT_RUN
     values["ref.threads"] = cell(reference, ("threads",), fmt_int)
     values["ref.cpu"] = str(dig(reference, "cpu") or NOT_AVAILABLE) if reference else NOT_RUN
     stage_wall = {s.get("name"): s for s in (dig(scorecard, "stages") or []) if isinstance(s, dict)}
     for task, stage in (("task02", "train"), ("task03", "train_augmented")):
         p = task[-1]
         wall = dig(stage_wall, stage, "wall_seconds")
-        own = dig(metrics.get(task), "seconds")
-        used = wall if _is_number(wall) else own
+        own = epoch_seconds_total(metrics.get(task))
+        used = wall if _is_number(wall) else (own if _is_number(own) else dig(metrics.get(task), "seconds"))
+        values[f"t{p}.train_time_source"] = ("stage wall time under the harness" if _is_number(wall) else
+                                             "sum of the epoch times" if _is_number(own) else "stage's own clock")
         values[f"t{p}.train_wall"] = fmt_seconds(used) if _is_number(used) else NOT_RUN
         values[f"t{p}.ref_ratio"] = (f"{used / ref:.1f}\u00d7" if _is_number(used) and _is_number(ref) and ref > 0
                                      else NOT_RUN)
+    source = values["t2.train_time_source"]
+    if _is_number(ref):
+        values["timing.sentence"] = (
+            f"The course's reference runtime on this machine is {values['ref.seconds']} s "
+            f"({values['ref.threads']} threads), so training may take {values['ref.budget']} s "
+            f"({REFERENCE_FACTOR}\u00d7 the reference). Training took {values['t2.train_wall']} s for Task 2 "
+            f"({values['t2.ref_ratio']} the reference) and {values['t3.train_wall']} s for Task 3 "
+            f"({values['t3.ref_ratio']}; {source}).")
+    else:
+        values["timing.sentence"] = (
+            f"Training took {values['t2.train_wall']} s for Task 2 and {values['t3.train_wall']} s for Task 3 "
+            f"({source}). The course's reference runtime is {NOT_RUN} in these results, so the ratio to it "
+            f"(at most {REFERENCE_FACTOR}\u00d7 is allowed) cannot be given here.")
     return values
+
+
+def epoch_seconds_total(metrics: dict | None):
+    """Seconds of all training epochs, across resumptions (``fit.seconds`` counts the last process only)."""
+    history = dig(metrics, "fit", "history")
+    seconds = [h.get("seconds") for h in history or [] if isinstance(h, dict) and _is_number(h.get("seconds"))]
+    return sum(seconds) if seconds else dig(metrics, "fit", "seconds")
 
 
 def count_parameters(config: dict | None):
@@ -1078,7 +1127,10 @@ def attribution_section(main: dict | None, logo: list | None, predict_scored: di
         rows = [[NOT_RUN] * 9]
     tables["logo"] = _table(["held out", "n", "flagged", "known flagged", "real FPR", "AUC vs real", "rejected",
                              "known rejected", "outlier AUC"], rows)
-    values["logo.epochs"] = NOT_RUN if not logo else str(dig(logo, 0, "fit", "epochs_run") or NOT_AVAILABLE)
+    epochs = [dig(run, "fit", "epochs_run") for run in logo or []]
+    epochs = sorted({int(e) for e in epochs if _is_number(e)})
+    values["logo.epochs"] = NOT_RUN if not logo else (
+        NOT_AVAILABLE if not epochs else str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}\u2013{epochs[-1]}")
     return {"values": values, "tables": tables}
 
 
@@ -1151,8 +1203,9 @@ def explain_figures(summary, explain_dir: Path | None) -> list[dict]:
 # Explainability figures by importance for the report (file-name fragments), with their captions.
 EXPLAIN_FIGURES = (
     ("gradcam_mean", "Mean Grad-CAM evidence on real and on generated validation crops"),
-    ("errors", "False positives and false negatives, with their Grad-CAM maps"),
+    ("channel_ablation", "Traces or colour? ROC AUC and decisions with groups of the fixed input channels zeroed"),
     ("shortcut_audit", "Shortcut audit: score change under re-encoding (PNG/JPEG), resizing, aspect crops and borders"),
+    ("errors", "False positives and false negatives, with their Grad-CAM maps"),
     ("deletion_curves", "Deletion test: the score as the most-attributed pixels are removed first, against random order"),
     ("attributions", "Grad-CAM, Integrated Gradients and occlusion on sample crops"),
     ("frequency_filtering", "The score under low- and high-pass filtering of the crops"),
@@ -1208,8 +1261,9 @@ def _copy_figure(source: Path, build: Path, name: str) -> str:
 # Figures dropped, in this order, when the report does not fit in MAX_PAGES pages.
 COMPACTION_STEPS = (
     {"explain_max": 4},
-    {"drop": ("jpeg_quality",), "explain_max": 4},
-    {"drop": ("jpeg_quality", "class_distribution"), "explain_max": 3},
+    {"explain_max": 3},
+    {"drop": ("jpeg_quality",), "explain_max": 3},
+    {"drop": ("jpeg_quality",), "explain_max": 2},
     {"drop": ("jpeg_quality", "class_distribution"), "explain_max": 2},
     {"drop": ("jpeg_quality", "class_distribution", "format_mode_share"), "explain_max": 2},
     {"drop": ("jpeg_quality", "class_distribution", "format_mode_share", "size_scatter"), "explain_max": 1},
@@ -1278,12 +1332,14 @@ def collect(artifacts: Path, bench: Path | None, explain: Path | None, build: Pa
                              "caption": fig["caption"], "source": str(fig["source"])})
 
     return {
+        "roots": {"artifacts": artifacts, "benchmarks": bench, "explainability": explain},
         "team": read_team(), "sources": sources, "values": values, "tables": tables, "figures": figures,
         "explain_figures": explain_figs, "discussion": discussion, "summary": summary,
         "attribution": attribution, "families": families, "metrics": metrics,
         "has": {"exploration": exploration is not None, "cleaning": cleaning is not None,
                 "task02": metrics["task02"] is not None, "task03": metrics["task03"] is not None,
                 "network02": dig(metrics["task02"], "detector") == "network",
+                "fusion02": dig(metrics["task02"], "detector") == "fusion",
                 "network03": dig(metrics["task03"], "detector") == "network",
                 "bench": bool(documents), "scorecard": scorecard is not None, "reference": reference is not None,
                 "families": families is not None, "summary": summary is not None,
@@ -1296,7 +1352,8 @@ def collect(artifacts: Path, bench: Path | None, explain: Path | None, build: Pa
 def render_data(collected: dict, step: dict, explain_dir: Path | None, build: Path) -> dict:
     """The JSON the template reads, for one compaction step."""
     figures = dict(collected["figures"])
-    for name in step.get("drop", ()):
+    dropped = [name for name in step.get("drop", ()) if figures.get(name)]
+    for name in dropped:
         figures[name] = None
     explain_max = step.get("explain_max", 6)
     used_sources: set[str] = set()
@@ -1310,9 +1367,9 @@ def render_data(collected: dict, step: dict, explain_dir: Path | None, build: Pa
                 inline_count[0] += 1
                 used_sources.add(fig["source"])
                 caption = alt or fig["caption"]
-                wide = ', placement: auto, scope: "parent"' if _is_wide(build / fig["path"]) else ""
-                return (f"#figure(image({typst_string(fig['path'])}, width: 100%), "
-                        f"caption: [{escape_typst(caption)}]{wide})")
+                width = "100%" if _is_wide(build / fig["path"]) else "55%"
+                return (f"#figure(image({typst_string(fig['path'])}, width: {width}), "
+                        f'caption: [{escape_typst(caption)}], placement: auto, scope: "parent")')
         return ""
 
     discussion = None
@@ -1329,13 +1386,13 @@ def render_data(collected: dict, step: dict, explain_dir: Path | None, build: Pa
         "values": collected["values"],
         "tables": collected["tables"],
         "figures": figures,
+        "dropped_figures": dropped,  # left out to fit the page limit (not missing)
         "explain_figures": explain_figs,
         "discussion": discussion,
         "attribution_scalars": _table(["quantity", "value"], scalar_rows(attribution, max_rows=12))
         if attribution is not None else None,
         "has": collected["has"],
-        "sources": [{"what": s["what"], "file": _short_path(s["path"]).replace("/", "/\u200b"), "status": s["status"]}
-                    for s in collected["sources"].used],
+        "inputs": input_groups(collected["sources"].used, collected["roots"]),
         "not_run": NOT_RUN,
         "step": COMPACTION_STEPS.index(step),
     }
@@ -1353,6 +1410,24 @@ def _is_wide(path: Path) -> bool:
             return image.width >= WIDE_PIXELS or image.width / max(1, image.height) > WIDE_ASPECT
     except Exception:
         return False
+
+
+def input_groups(used: list[dict], roots: dict[str, Path | None]) -> list[dict]:
+    """The report's inputs grouped by folder: [{"folder", "files": [{"file", "status"}]}]."""
+    groups = {name: {"name": name, "folder": _breakable(_short_path(str(root))) if root else NOT_RUN, "files": []}
+              for name, root in roots.items()}
+    for entry in used:
+        path = Path(entry["path"])
+        for name, root in roots.items():
+            if root is not None and (path == Path(root) or Path(root) in path.parents):
+                relative = path.relative_to(root).as_posix() if path != Path(root) else "."
+                groups[name]["files"].append({"file": _breakable(relative), "status": entry["status"]})
+                break
+    return list(groups.values())
+
+
+def _breakable(path: str) -> str:
+    return path.replace("/", "/\u200b")
 
 
 def _short_path(path: str) -> str:
@@ -1387,8 +1462,10 @@ def build_report(artifacts: Path, bench: Path | None, explain: Path | None, out:
     artifacts, out, build = Path(artifacts), Path(out), Path(build)
     bench = Path(bench) if bench else None
     explain = Path(explain) if explain else None
-    if build.exists():
-        shutil.rmtree(build)
+    # Clear only what an earlier build wrote (never the folder itself: --build may point anywhere).
+    shutil.rmtree(build / "fig", ignore_errors=True)
+    for name in ("data.json", "report.typ", "report.pdf"):
+        (build / name).unlink(missing_ok=True)
     (build / "fig").mkdir(parents=True)
     collected = collect(artifacts, bench, explain, build)
     pages = None

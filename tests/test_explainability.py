@@ -2,9 +2,9 @@
 
 One module-scoped run of the command's ``main`` on a copy of the demo run's
 artifacts (small sample sizes, well under 90 s); the tests read its outputs.
-The demo run is meant to train a network for Task 2: if it ended with the
-classical fallback, the gradient methods cannot be checked, and the tests fail
-loudly instead of skipping.
+The demo run is meant to train a network for Task 2 (alone, or fused with the
+classical model): if it ended with the classical fallback, the gradient methods
+cannot be checked, and the tests fail loudly instead of skipping.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ MAX_FIGURE_BYTES = 300_000
 def explained(demo_run, tmp_path_factory) -> tuple[dict, Path]:
     artifacts = Path(demo_run["artifacts"])
     kind = json.loads((artifacts / "task02" / "detector.json").read_text())["kind"]
-    assert kind == "network", (
-        "the demo run's Task 2 detector is the classical fallback, not a network: its training was cut short, "
-        "so Grad-CAM, Integrated Gradients and the deletion test cannot be checked")
+    assert kind in ("network", "fusion"), (
+        f"the demo run's Task 2 detector is of kind {kind!r}, without a network (the classical fallback means its "
+        "training was cut short), so Grad-CAM, Integrated Gradients and the deletion test cannot be checked")
     out = tmp_path_factory.mktemp("explain")
     summary = main(["--artifacts", str(artifacts), "--data", str(Path(demo_run["data_root"]) / "data"),
                     "--out", str(out), "--max-images", "4", "--max-occlusion-images", "1",
@@ -36,9 +36,11 @@ def explained(demo_run, tmp_path_factory) -> tuple[dict, Path]:
 
 def expected_figures(summary: dict) -> list[str]:
     names = ["per_source_rates", "shortcut_audit", "deletion_curves", "frequency_filtering", "spectra"]
+    if any(entry["kind"] != "classical" for entry in summary["tasks"].values()):
+        names.append("channel_ablation")
     for task, entry in summary["tasks"].items():
         names += [f"{task}_errors", f"{task}_image_statistics", f"{task}_shortcut_by_source", f"{task}_attributions"]
-        if entry["kind"] == "network":
+        if entry["kind"] != "classical":
             names.append(f"{task}_gradcam_mean")
     return names
 
@@ -55,11 +57,12 @@ def test_every_analysis_writes_its_figures_numbers_and_discussion(explained):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["figures"] == summary["figures"]
     for task, entry in on_disk["tasks"].items():
-        for key in ("validation", "errors", "image_statistics", "gradcam", "shortcut_audit", "attributions", "frequency"):
+        for key in ("validation", "errors", "image_statistics", "gradcam", "shortcut_audit", "channel_ablation",
+                    "attributions", "frequency"):
             assert key in entry, f"{task}: {key} missing"
         assert set(entry["frequency"]) >= {"unfiltered", "low_pass", "high_pass"}
         assert "jpeg_q50" in entry["shortcut_audit"]["variants"]
-        if entry["kind"] != "network":  # the classical fallback has no gradients, and says so
+        if entry["kind"] == "classical":  # the fallback has no gradients, and says so
             assert "skipped" in entry["gradcam"]
             assert "skipped_gradient_methods" in entry["attributions"]
     assert "log10_power_difference_generated_minus_real" in on_disk["spectra"]

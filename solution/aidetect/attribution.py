@@ -666,9 +666,11 @@ def leave_one_generator_out(held_out: int, config, train: PreparedSplit, calibra
     n_after = len(reduced) + len(calibration) + sum(len(d) for d in evaluation.values())
     from .models import build_model
 
+    probe_model = build_model(config.arch, **config.model_kwargs())
+    embed(probe_model, reduced.crops[:EMBED_BATCH], None, desc=None)  # warm-up
     t0 = time.monotonic()
-    embed(build_model(config.arch, **config.model_kwargs()), reduced.crops[:EMBED_BATCH], None, desc=None)
-    reserve = 2.0 * (time.monotonic() - t0) / max(1, min(EMBED_BATCH, len(reduced))) * n_after + 5.0
+    embed(probe_model, reduced.crops[:EMBED_BATCH], None, desc=None)
+    reserve = 1.3 * (time.monotonic() - t0) / max(1, min(EMBED_BATCH, len(reduced))) * n_after + 5.0
     model, fit_result = fit(config, reduced, Path(out_dir), deadline, reserve, resume=False)
 
     cal_known = subset(calibration, np.isin(calibration.source_class, known))
