@@ -185,7 +185,8 @@ def attention_statistics(maps: np.ndarray, centre_fraction: float = 0.5, border:
 
 def block_sums(maps: np.ndarray, block: int = BLOCK) -> np.ndarray:
     n, h, w = maps.shape
-    return maps[:, : h - h % block, : w - w % block].reshape(n, h // block, block, w // block, block).sum(axis=(2, 4)).reshape(n, -1)
+    cropped = maps[:, : h - h % block, : w - w % block]
+    return cropped.reshape(n, h // block, block, w // block, block).sum(axis=(2, 4)).reshape(n, -1)
 
 
 def removal_orders(maps: np.ndarray, rng: np.random.Generator, block: int = BLOCK) -> np.ndarray:

@@ -57,7 +57,8 @@ def name(task: str) -> str:
 
 def write_discussion(path: Path, summary: dict) -> Path:
     sections = [_header(summary), _brief(summary), _performance(summary), _attention(summary), _faithfulness(summary),
-                _frequency(summary), _channels(summary), _shortcuts(summary), _failures(summary), _comparison(summary), _caveats(summary)]
+                _frequency(summary), _channels(summary), _shortcuts(summary), _failures(summary),
+                _comparison(summary), _caveats(summary)]
     text = "\n\n".join(s for s in sections if s) + "\n"
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(text)
@@ -236,8 +237,9 @@ def _concentration_words(share: float) -> str:
 
 def _faithfulness(summary) -> str:
     lines = ["## 3. Are the maps faithful? The deletion test (figure `deletion_curves.png`)", "",
-             "Blocks of 8x8 pixels (one JPEG block) are replaced by the blurred image, most-attributed first, in steps of 10 %; "
-             "the mean explained score (network logit) of the generated images should fall faster than under random order "
+             "Blocks of 8x8 pixels (one JPEG block) are replaced by the blurred image, most-attributed first, in "
+             "steps of 10 %; the mean explained score (network logit) of the generated images should fall faster "
+             "than under random order "
              "(three random seeds). The area under the curve summarises it (smaller = faster fall)."]
     for task, t in _tasks(summary):
         a = t.get("attributions")

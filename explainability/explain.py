@@ -233,6 +233,8 @@ def analyse_shortcuts(run: Run) -> None:
 
 def analyse_channels(run: Run) -> None:
     results = {}
+    positions = audit_positions(run)
+    crops, sources = np.asarray(run.data.crops[positions]), run.data.source_class[positions]
     for task, model in run.models.items():
         groups = audit.front_end_groups(model.network) if model.network is not None else None
         if groups is None:
@@ -243,22 +245,23 @@ def analyse_channels(run: Run) -> None:
         entry = {"groups": groups, "zeroed": "front-end output channels set to 0 (no residual / mid-grey colour)",
                  "decisions_of": "the whole detector" + (" (network ablated, classical part unchanged)"
                                                           if model.kind == "fusion" else ""),
-                 "none": _ablation_entry(run, task, run.explained[task])}
+                 "n_images": int(len(positions)),
+                 "none": _ablation_entry(run, task, positions, run.explained[task][positions])}
         for name, channels in audit.ablations(groups).items():
             if not run.keep_going():
                 break
-            entry[name] = _ablation_entry(run, task, audit.scores_without_channels(model, run.data.crops, channels))
+            entry[name] = _ablation_entry(run, task, positions, audit.scores_without_channels(model, crops, channels))
         run.task_summary(task)["channel_ablation"] = results[task] = entry
     if results:
         run.figure("channel_ablation", figures.channel_ablation(run.out / "channel_ablation.png", results))
 
 
-def _ablation_entry(run: Run, task: str, network_scores: np.ndarray) -> dict:
-    model = run.models[task]
-    scores = model.combine(network_scores, classical_scores=run.classical[task])
-    entry = audit.describe_scores(scores, run.data.source_class, model.threshold)
+def _ablation_entry(run: Run, task: str, positions: np.ndarray, network_scores: np.ndarray) -> dict:
+    model, sources = run.models[task], run.data.source_class[positions]
+    classical = run.classical[task][positions] if run.classical[task] is not None else None
+    entry = audit.describe_scores(model.combine(network_scores, classical_scores=classical), sources, model.threshold)
     if model.kind == "fusion":
-        entry["network_roc_auc"] = audit.describe_scores(network_scores, run.data.source_class, 0.0)["roc_auc"]
+        entry["network_roc_auc"] = audit.describe_scores(network_scores, sources, 0.0)["roc_auc"]
     return entry
 
 
@@ -280,7 +283,7 @@ def select_sample(labels: np.ndarray, scores: np.ndarray, predicted: np.ndarray,
     fn = ranked((labels == 1) & (predicted == 0), scores)
     tp = rng.permutation(np.flatnonzero((labels == 1) & (predicted == 1)))
     tn = rng.permutation(np.flatnonzero((labels == 0) & (predicted == 0)))
-    n_real = min(max(2, n // 4), len(fp) + len(tn))
+    n_real = min(max(2, n // 4), n, len(fp) + len(tn))
     reals = list(fp[: (n_real + 1) // 2]) + list(tn)
     reals = (reals + [i for i in fp if i not in reals])[:n_real]
     n_generated = n - len(reals)
@@ -387,10 +390,13 @@ def _deletion_test(run, model, sample, crops, baselines, maps, n_done, rng) -> d
     orders = {m: attributions.removal_orders(maps[m][chosen], rng) for m in methods}
     n_blocks = next(iter(orders.values())).shape[1]
     for seed in range(attributions.N_RANDOM_ORDERS):
-        orders[f"random_{seed}"] = attributions.random_orders(len(chosen), n_blocks, np.random.default_rng([run.args.seed, 77, seed]))
+        seeded = np.random.default_rng([run.args.seed, 77, seed])
+        orders[f"random_{seed}"] = attributions.random_orders(len(chosen), n_blocks, seeded)
     curves = attributions.deletion_curves(model, crops[chosen], baselines[chosen], orders,
                                           keep_going=run.keep_going)
     done = len(next(iter(curves.values())))
+    if done == 0:
+        return {"deletion": {"skipped": "time budget"}}
     out = {"deletion": attributions.summarise_deletion(curves, attributions.DELETION_FRACTIONS, detected[chosen][:done])
            | {"methods": methods, "block_px": attributions.BLOCK,
               "replacement": f"Gaussian blur of the image, sigma {attributions.BLUR_SIGMA} px"}}
@@ -453,7 +459,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-occlusion-images", type=int, default=6,
                         help="crops for occlusion (225 model evaluations each), the first of the sample")
     parser.add_argument("--max-audit-images", type=int, default=0,
-                        help="crops for the shortcut and frequency audits (0 = the whole split)")
+                        help="crops for the shortcut, channel and frequency audits (0 = the whole split)")
     parser.add_argument("--split", default="validation", help="the labelled split to explain")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout_seconds", type=float, default=900.0)
@@ -474,6 +480,18 @@ def describe_model(model: TaskModel) -> dict:
             "best_epoch": (model.detector.info.get("fit") or {}).get("best_epoch")}
 
 
+SHARED_FIGURES = ("per_source_recall", "shortcut_audit", "channel_ablation", "deletion_curves", "frequency_filtering",
+                  "spectra")
+TASK_FIGURES = ("attributions", "errors", "gradcam_mean", "image_statistics", "shortcut_by_source")
+
+
+def clear_previous_outputs(out: Path) -> None:
+    """Remove this command's files from an earlier run, so a run cut short leaves no stale figure behind."""
+    names = [f"{n}.png" for n in SHARED_FIGURES] + [f"{t}_{n}.png" for t in TASKS for n in TASK_FIGURES]
+    for name in names + ["summary.json", "discussion.md"]:
+        (out / name).unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run every analysis that fits in the time budget; return the summary (also written to ``--out``)."""
     args = get_args_parser().parse_args(argv)
@@ -481,6 +499,7 @@ def main(argv: list[str] | None = None) -> dict:
     threads = configure_threads()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    clear_previous_outputs(out)
     started = time.monotonic()
     with pointing_at(args.artifacts, args.data):
         data = load_validation(args.split)

@@ -1,4 +1,6 @@
 """Units the stages rely on: crops, augmentation, features, metrics, budget, models."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -72,7 +74,7 @@ def test_clopper_pearson_edges():
 
 
 def test_deadline_keeps_a_margin():
-    deadline = Deadline(100)
+    deadline = Deadline(100, start=time.monotonic())
     assert deadline.margin == safety_margin(100) == 8.0
     assert deadline.remaining() <= 92.0
     assert Deadline(1800).margin == 120.0

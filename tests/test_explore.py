@@ -93,7 +93,7 @@ def test_image_metadata_describes_storage_and_survives_bad_bytes():
 def test_run_exploration_writes_summary_probe_and_figures(biased_data):
     out_dir = biased_data / "artifacts" / "clean"
     started = time.monotonic()
-    summary = run_exploration(["train", "validation"], out_dir, Deadline(600))
+    summary = run_exploration(["train", "validation"], out_dir, Deadline(600, start=time.monotonic()))
     assert time.monotonic() - started < 20
 
     on_disk = json.loads((out_dir / "exploration.json").read_text())
@@ -152,6 +152,6 @@ def test_exploration_stops_early_but_still_writes_when_the_budget_is_short(biase
 
 def test_exploration_refuses_the_unlabelled_split_and_the_data_folder(biased_data):
     with pytest.raises(ValueError):
-        run_exploration(["predict"], biased_data / "out", Deadline(600))
+        run_exploration(["predict"], biased_data / "out", Deadline(600, start=time.monotonic()))
     with pytest.raises(ValueError):
-        run_exploration(["train"], biased_data / "data" / "stats", Deadline(600))
+        run_exploration(["train"], biased_data / "data" / "stats", Deadline(600, start=time.monotonic()))

@@ -143,11 +143,11 @@ def test_kill_during_network_training_then_predict_and_resume(demo_root, artifac
     assert rerun.returncode == 0, rerun.output[-3000:]
     assert f"resuming tracenet from epoch {TASK02_CONFIG.epochs - 1}" in rerun.stdout
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["detector"] == "network" and metrics["fit"]["epochs_run"] == TASK02_CONFIG.epochs
+    assert metrics["detector"] == "fusion" and metrics["fit"]["epochs_run"] == TASK02_CONFIG.epochs
     assert _load_every_checkpoint(folder)["checkpoint_last.pt"]["finished"] is True
     monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(artifacts))
     detector = load_detector("task02")  # what predict.py loads (a full network predict takes a while)
-    assert detector.kind == "network"
+    assert detector.kind == "fusion" and detector.network is not None
     crops = load_prepared("calibration").crops[:4]
     assert set(detector.predict(np.asarray(crops)).tolist()) <= {0, 1}
 
