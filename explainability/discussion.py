@@ -66,6 +66,11 @@ def write_discussion(path: Path, summary: dict) -> Path:
     return Path(path)
 
 
+def network_auc(entry: dict):
+    """The network's own ROC AUC under an ablation (a fusion also reports its fused score's)."""
+    return entry.get("network_roc_auc", entry.get("roc_auc"))
+
+
 def weak(t: dict) -> bool:
     auc = (t.get("validation") or {}).get("roc_auc")
     return auc is not None and auc < WEAK_AUC
@@ -143,9 +148,9 @@ def _brief(summary) -> str:
     for task, t in tasks:
         c = t.get("channel_ablation", {})
         if isinstance(c.get("rgb_only"), dict) and isinstance(c.get("without_rgb"), dict):
-            colour, traces = c["rgb_only"]["roc_auc"], c["without_rgb"]["roc_auc"]
-            lines.append(f"- {name(task)}: colour alone ranks the classes at AUC {num(colour)}, the residual traces "
-                         f"alone at {num(traces)} (all channels {num(c['none']['roc_auc'])}): "
+            colour, traces = network_auc(c["rgb_only"]), network_auc(c["without_rgb"])
+            lines.append(f"- {name(task)}: in the network, colour alone ranks the classes at AUC {num(colour)}, the "
+                         f"residual traces alone at {num(traces)} (all channels {num(network_auc(c['none']))}): "
                          + ("mostly colour and content." if colour - traces > CLEAR_AUC else
                             "traces and colour about equally." if abs(colour - traces) <= CLEAR_AUC else
                             "mostly the residual traces."))
@@ -322,6 +327,11 @@ def _frequency(summary) -> str:
             text += " High-pass (only |f| > cut-off kept): " + "; ".join(
                 f"{c}: recall {pct(v['recall_ai'])}, FPR {pct(v['fpr'])}, AUC {num(v['roc_auc'])}"
                 for c, v in sorted(high.items(), key=lambda kv: float(kv[0]))) + "."
+        if low and base["fpr"] is not None:
+            worst = max(low, key=lambda c: low[c]["fpr"] or 0)
+            if (low[worst]["fpr"] or 0) > base["fpr"] + 2 * CLEAR_SHIFT:
+                text += (f" Removing fine detail turns real photos into 'generated': the FPR rises from "
+                         f"{pct(base['fpr'])} to {pct(low[worst]['fpr'])} at cut-off {worst}, the smoothness cue.")
         if low and high and (base["roc_auc"] or 0) < WEAK_AUC:
             text += (f" The unfiltered AUC is below {num(WEAK_AUC)}, so the filtering says little about this model.")
         elif low and high:
@@ -355,11 +365,17 @@ def _channels(summary) -> str:
         if "skipped" in c:
             lines.append(f"- {name(task)}: not run ({c['skipped']}).")
             continue
-        parts = [f"{ABLATION_WORDS.get(key, key)}: AUC {num(v['roc_auc'])}, recall {pct(v['recall_ai'])}, "
-                 f"FPR {pct(v['fpr'])}" for key, v in c.items() if isinstance(v, dict) and "roc_auc" in v]
+        fused = any("network_roc_auc" in v for v in c.values() if isinstance(v, dict))
+        parts = [f"{ABLATION_WORDS.get(key, key)}: network AUC {num(network_auc(v))}"
+                 + (f" (fused score {num(v['roc_auc'])})" if fused else "")
+                 + f", recall {pct(v['recall_ai'])}, FPR {pct(v['fpr'])}"
+                 for key, v in c.items() if isinstance(v, dict) and "roc_auc" in v]
         text = f"- {name(task)}: " + "; ".join(parts) + "."
+        if fused:
+            text += (" The fused score hardly moves because its classical part is left intact; the network's own "
+                     "AUC is the one that shows what the network reads.")
         if "rgb_only" in c and "without_rgb" in c:
-            colour, traces = c["rgb_only"]["roc_auc"], c["without_rgb"]["roc_auc"]
+            colour, traces = network_auc(c["rgb_only"]), network_auc(c["without_rgb"])
             if colour is not None and traces is not None:
                 text += (f" Colour alone ranks the images at AUC {num(colour)}, the residuals alone at {num(traces)}: "
                          + ("the decision leans on colour and content more than on generator traces, a dataset cue "
@@ -391,6 +407,31 @@ def _variant_line(v: dict, variant: str) -> str:
     return "".join(bits)
 
 
+def _reading(v: dict | None, variant: str) -> str:
+    """What the direction of the two classes' score shifts says about a change (rules in the text)."""
+    if not v or not v["generated"].get("n") or not v["real"].get("n"):
+        return ""
+    gen, real = v["generated"]["mean_shift"], v["real"]["mean_shift"]
+    head = (f"{VARIANT_WORDS[variant][0].upper() + VARIANT_WORDS[variant][1:]} moves generated scores by "
+            f"{signed(gen)} and real ones by {signed(real)} (recall {pp(v['generated']['share_generated_change'])}, "
+            f"FPR {pp(v['real']['share_generated_change'])}): ")
+    if abs(gen) < CLEAR_LOGIT and abs(real) < CLEAR_LOGIT:
+        return head + "the detector shrugs it off."
+    if gen < 0 and real <= 0:
+        return head + ("both classes move towards 'real'. Consistent with a format shortcut ('JPEG blocks mean camera "
+                       "photo', the real photos being JPEG files) as much as with erased traces."
+                       if variant.startswith("jpeg") else "both classes move towards 'real'.")
+    if gen < 0 < real:
+        return head + ("the classes move towards each other: the change erases evidence on both sides rather than "
+                       "acting as a 'this is a photo' cue (a format shortcut would push the real JPEGs further "
+                       "towards 'real').")
+    return head + ("both classes move towards 'generated', real photos most: the change smooths or blocks the "
+                   "fine detail that photos carry, and the detector reads the loss of detail as generation (the "
+                   "smoothness cue of sections 3 and 4)"
+                   + (", not as a 'JPEG means photo' shortcut." if variant.startswith("jpeg") else ".")
+                   if real > gen else "both classes move towards 'generated'.")
+
+
 def _shortcuts(summary) -> str:
     lines = ["## 6. Shortcuts and dataset bias (figures `shortcut_audit.png`, `*_shortcut_by_source.png`, "
              "`*_image_statistics.png`)", "",
@@ -413,20 +454,10 @@ def _shortcuts(summary) -> str:
                             "decoded to the same RGB pixels first." if shift < 1e-6 else
                             f"moves scores by up to {num(shift, 3)} on average under lossless re-encoding: "
                             "something other than pixels reaches the model, which is a bug to chase."))
-        jpeg = variants.get("jpeg_q75")
-        if jpeg and jpeg["generated"].get("n") and jpeg["real"].get("n"):
-            drop = jpeg["generated"]["share_generated_change"]
-            rise = jpeg["real"]["share_generated_change"]
-            lines.append(
-                f"  - JPEG at 75 changes the recall by {pp(drop)} and the false-positive rate by {pp(rise)}. "
-                + ("Compression pushes generated images towards 'real'. This is ambiguous by construction: "
-                   "either JPEG erases the traces the detector reads, or the detector has learned that JPEG blocks "
-                   "mean 'camera photo' (the real photos of this data are JPEG files). The shift of the real images, "
-                   "which are JPEGs already, and the Task 2 / Task 3 comparison below tell the two apart better than "
-                   "this test alone." if drop < -CLEAR_SHIFT else
-                   f"The share called generated barely moves (mean score shift of generated images "
-                   f"{signed(jpeg['generated'].get('mean_shift'))}, of real ones "
-                   f"{signed(jpeg['real'].get('mean_shift'))})."))
+        for variant in ("jpeg_q75", "jpeg_q50", "resize_x1.5"):
+            reading = _reading(variants.get(variant), variant)
+            if reading:
+                lines.append(f"  - {reading}")
     separation_said = False
     for task, t in _tasks(summary):
         stats = t.get("image_statistics")
@@ -552,8 +583,8 @@ def _comparison(summary) -> str:
     common = [k for k in ("without_rgb", "rgb_only", "without_npr_residual", "without_srm_residuals")
               if isinstance(ca.get(k), dict) and isinstance(cb.get(k), dict)]
     if common:
-        lines.append("- Input-channel ablation AUC: " + "; ".join(
-            f"{ABLATION_WORDS.get(k, k)} {num(ca[k]['roc_auc'])} vs {num(cb[k]['roc_auc'])}" for k in common) + ".")
+        lines.append("- Input-channel ablation, network AUC: " + "; ".join(
+            f"{ABLATION_WORDS.get(k, k)} {num(network_auc(ca[k]))} vs {num(network_auc(cb[k]))}" for k in common) + ".")
     ga, gb = a.get("gradcam", {}).get("attention"), b.get("gradcam", {}).get("attention")
     if ga and gb:
         lines.append(f"- Grad-CAM top-10 % share on generated images: {pct(ga['generated'].get('top10_mass'))} vs "

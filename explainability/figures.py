@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -128,7 +129,11 @@ def mean_attention(path: Path, task: str, real_map: np.ndarray, generated_map: n
         total = heat.sum() / cell_px**2  # each cell's value is spread over its cell_px x cell_px pixels
         _signed_panel(fig, ax, heat, f"{name} images (n={counts[name]}): cells sum to {total:+.2f}\n"
                       "= mean logit - threshold", f"logit - threshold per {cell_px}x{cell_px} cell", limit)
-    _signed_panel(fig, axes[2], generated_map - real_map, "generated - real", "difference per cell")
+    # The overall offset (generated images sum higher) would fill the whole panel; remove it to show where
+    # the two classes' evidence is placed differently.
+    pattern = (generated_map - generated_map.mean()) - (real_map - real_map.mean())
+    _signed_panel(fig, axes[2], pattern, "generated - real, each map's mean removed\n(where the classes differ)",
+                  "difference per cell")
     for ax in axes:
         ax.set_xticks([0, 128, 255])
         ax.set_yticks([0, 128, 255])
@@ -209,6 +214,12 @@ ABLATION_NAMES = {"none": "nothing zeroed", "without_npr_residual": "without NPR
                   "without_rgb": "without colour\n(residuals only)", "rgb_only": "colour only\n(no residuals)"}
 
 
+def network_auc(entry: dict) -> float:
+    """The network's own ROC AUC (a fusion also reports the fused score's, which the classical part props up)."""
+    value = entry.get("network_roc_auc", entry.get("roc_auc"))
+    return np.nan if value is None else value
+
+
 def channel_ablation(path: Path, results: dict[str, dict]) -> Path:
     """ROC AUC, recall and FPR with groups of the network's input channels zeroed, per task."""
     tasks = list(results)
@@ -219,7 +230,7 @@ def channel_ablation(path: Path, results: dict[str, dict]) -> Path:
     for t, task in enumerate(tasks):
         offset = (t - (len(tasks) - 1) / 2) * width
         entry = results[task]
-        auc = [entry[n]["roc_auc"] if n in entry and entry[n]["roc_auc"] is not None else np.nan for n in names]
+        auc = [network_auc(entry[n]) if n in entry else np.nan for n in names]
         axes[0].bar(x + offset, auc, width=width, color=TASK_COLOURS.get(task), label=TASK_NAMES.get(task, task))
         recall = [entry[n]["recall_ai"] if n in entry else np.nan for n in names]
         fpr = [entry[n]["fpr"] if n in entry else np.nan for n in names]
@@ -228,7 +239,9 @@ def channel_ablation(path: Path, results: dict[str, dict]) -> Path:
                      label=f"{TASK_NAMES.get(task, task)}: false-positive rate")
     axes[0].axhline(0.5, color="grey", ls=":", lw=1)
     axes[0].set_ylim(0, 1.02)
-    axes[0].set_ylabel("ROC AUC (threshold-free)")
+    axes[0].set_ylabel("ROC AUC of the network (threshold-free)")
+    axes[0].set_title("what the network alone can still rank", fontsize=9)
+    axes[1].set_title("decisions of the whole detector at its threshold", fontsize=9)
     axes[1].set_ylim(-0.03, 1.03)
     axes[1].set_ylabel("share at the calibrated threshold")
     for ax in axes:
@@ -412,6 +425,10 @@ def image_statistics(path: Path, task: str, table, scores: np.ndarray, predicted
                        label=f"{name}, error")
         ax.axhline(threshold, color="black", ls=":", lw=1, label="threshold")
         ax.set_xscale(scale)
+        if scale == "log":
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel({"texture": "texture: mean |Laplacian| of the crop's luma",
                        "brightness": "brightness: mean luma of the crop (0-255)"}[column])
         ax.set_ylabel("detector score (> threshold = generated)")
