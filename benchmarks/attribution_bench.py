@@ -64,7 +64,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def score_predictions(predictions: Path, labels: Path, w: float) -> dict:
     """Closed-set and open-set scores of the attribution CSV against the true source classes."""
-    import numpy as np
     import pandas as pd
 
     from aidetect.attribution import LABEL_NAMES, attribution_score, closed_set_metrics

@@ -234,7 +234,7 @@ def analyse_shortcuts(run: Run) -> None:
 def analyse_channels(run: Run) -> None:
     results = {}
     positions = audit_positions(run)
-    crops, sources = np.asarray(run.data.crops[positions]), run.data.source_class[positions]
+    crops = np.asarray(run.data.crops[positions])
     for task, model in run.models.items():
         groups = audit.front_end_groups(model.network) if model.network is not None else None
         if groups is None:

@@ -7,7 +7,6 @@ Prints where the predictions, metrics, scorecard, figures and report are.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time

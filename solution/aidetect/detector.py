@@ -28,7 +28,7 @@ from .errors import DataError, DecodeError, PipelineError
 from .labels import binary_label
 from .metrics import detection_metrics
 from .parallel import ordered_map
-from .paths import EVALUATION_SPLITS, PREDICT_SPLIT, predictions_path, split_dir, task_dir
+from .paths import PREDICT_SPLIT, predictions_path, split_dir, task_dir
 from .progress import progress
 from .features import image_features
 from .models import build_model
