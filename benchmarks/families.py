@@ -43,8 +43,8 @@ def run_family(name: str, budget: float, epochs: int) -> dict:
     started = time.monotonic()
     fit_info = None
     if name.startswith("classical_"):
-        model = ClassicalDetector(name.split("_", 1)[1]).fit(np.asarray(train.crops), binary_label(train.source_class))
-        score = lambda crops: model.score(np.asarray(crops))  # noqa: E731
+        model = ClassicalDetector(name.split("_", 1)[1]).fit(train.crops, binary_label(train.source_class))
+        score = lambda crops: model.score(crops)  # noqa: E731
     else:
         overrides = {"tracenet": {"with_rgb": False}, "tracenet_rgb": {"with_rgb": True},
                      "course_baseline": {"arch": "course_baseline"}}[name]

@@ -213,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         "note": "copy k of an image = a symmetry of the square (+ an 8 px border cut from k >= 8), re-encoded in "
                 "its own format; peak_rss_mb from the harness (process-tree RSS and kernel high-water marks)",
     }
+    if result_path.exists():  # keep the runs of earlier invocations today that this one does not repeat
+        planned = {(f, s) for f in factors for s in scales}
+        earlier = json.loads(result_path.read_text())
+        result["runs"] = [r for r in earlier.get("runs", []) if (r["factor"], r["timeout_scale"]) not in planned]
+        result["replication"] = earlier.get("replication", {})
     try:
         for factor in factors:
             if factor == 1:
@@ -224,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                     result["replication"][str(factor)] = replicate(data_root, root, factor)
             for scale in scales:
                 run_dir = workdir / f"run_x{factor}_t{scale:g}"
+                started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
                 print(f"[scale] six stages on x{factor} with timeouts x{scale:g} ({time.strftime('%H:%M:%S')})",
                       flush=True)
                 card = grade(str(root), str(REPO / "solution"), workspace=str(run_dir / "ws"), timeout_scale=scale,
@@ -231,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                 run = summarise_run(card, factor, scale, run_dir / "ws" / "solution" / "artifacts")
                 if not args.keep:
                     shutil.rmtree(run_dir / "ws" / "solution", ignore_errors=True)  # the prepared crops are large
+                run["started"] = started
+                run["load_average_at_end"] = os.getloadavg()
                 run["scorecard"] = str(run_dir / "scorecard.json") if args.keep else None
                 result["runs"].append(run)
                 _atomic_write_text(str(result_path), json.dumps(result, indent=2) + "\n")

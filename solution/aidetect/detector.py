@@ -30,7 +30,7 @@ from .metrics import detection_metrics
 from .parallel import ordered_map
 from .paths import PREDICT_SPLIT, predictions_path, split_dir, task_dir
 from .progress import progress
-from .features import image_features
+from .features import FEATURE_NAMES, batch_features
 from .models import build_model
 from .training import TrainConfig, fit, load_model, score_crops, stratified_holdout
 
@@ -141,35 +141,83 @@ def _calibrate(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray], tas
     return calibrate_on_several(real, MAX_FPR, DELTA)
 
 
-def classical_training_views(task: str, train: PreparedSplit, indices: np.ndarray, seed: int):
-    """Crops and labels the classical model learns from: clean crops, plus robust views for Task 3."""
-    crops = [np.asarray(train.crops[i]) for i in indices]
-    labels = list(binary_label(train.source_class[indices]))
-    if task == "task03":
-        from .augment import ROBUST, augment
+CLASSICAL_VIEWS = {"task02": "neutral", "task03": "robust"}
+FEATURE_CHUNK = 256  # crops in memory at a time while computing training features
 
-        rng = np.random.default_rng([seed, 3])
-        crops += [augment(np.asarray(train.crops[i]), ROBUST, rng) for i in indices]
-        labels += list(binary_label(train.source_class[indices]))
-    return crops, np.asarray(labels)
+
+def classical_training_features(task: str, train: PreparedSplit, indices: np.ndarray,
+                                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels the classical model learns from: each clean crop plus one augmented view of it.
+
+    Task 2 adds a ``neutral`` view (JPEG re-encoding of both classes, flips),
+    so that "was it compressed" tells the features nothing about the class;
+    Task 3 adds a ``robust`` view. Views keep the full crop size, the size the
+    features are computed on at prediction time. Crops are read in chunks, so
+    memory does not grow with the training set.
+    """
+    from dataclasses import replace
+
+    from .augment import POLICIES, augment
+
+    policy = replace(POLICIES[CLASSICAL_VIEWS[task]], crop_size=CROP_SIZE)
+    rng = np.random.default_rng([seed, 2 if task == "task02" else 3])
+    indices = np.sort(indices)  # memory-map reads in file order
+    clean, views = [np.zeros((0, len(FEATURE_NAMES)))], [np.zeros((0, len(FEATURE_NAMES)))]
+    for start in range(0, len(indices), FEATURE_CHUNK):
+        crops = np.asarray(train.crops[indices[start : start + FEATURE_CHUNK]])
+        clean.append(batch_features(crops))
+        views.append(batch_features([augment(crop, policy, rng) for crop in crops]))
+    return np.vstack(clean + views), np.tile(binary_label(train.source_class[indices]), 2)
+
+
+FALLBACK_SHARE = 0.25  # at most this share of the stage's remaining time goes to the fallback
+MIN_FALLBACK_TRAIN = 200  # images: below this the fallback is not worth having, whatever the budget
+VIEW_COST = 2.5  # a training image costs its clean crop, its augmented view and the augmentation itself
+
+
+def feature_seconds_per_crop(crops: np.ndarray) -> float:
+    """Wall seconds per crop of the classical features on every usable CPU, timed on a few crops."""
+    from .budget import available_cpus
+    from .features import image_features
+
+    t0 = time.monotonic()
+    for crop in crops:
+        image_features(np.asarray(crop))
+    return (time.monotonic() - t0) / max(1, len(crops)) / max(1, available_cpus())
 
 
 def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: dict[str, PreparedSplit],
-                 seed: int) -> tuple[ClassicalDetector, dict]:
-    """The classical detector, fitted and calibrated in seconds, saved as the active detector.
+                 seed: int, deadline: Deadline) -> tuple[ClassicalDetector, dict]:
+    """The classical detector, fitted and calibrated within a share of the budget, saved as the active detector.
 
-    Returns the model and its scores on every evaluation split.
+    The training set is subsampled (stratified) to what fits in
+    ``FALLBACK_SHARE`` of the remaining time after scoring the calibration
+    splits; the other splits are scored only if that still fits (else later,
+    by ``classical_scores_for``). Returns the model and its scores per split.
     """
     t0 = time.monotonic()
-    crops, labels = classical_training_views(task, train, indices, seed)
-    features = np.stack([image_features(c) for c in crops])
+    budget = FALLBACK_SHARE * deadline.remaining()
+    per_crop = feature_seconds_per_crop(np.asarray(train.crops[indices[:8]]))
+    required = [name for name in TASK_CALIBRATION_SPLITS[task] if name in splits]
+    room = budget - per_crop * sum(len(splits[name]) for name in required)
+    limit = max(MIN_FALLBACK_TRAIN, int(room / (VIEW_COST * per_crop)))
+    if len(indices) > limit:
+        _, keep = stratified_holdout(train.source_class[indices], limit / len(indices), seed, max_size=limit)
+        log.info("fallback: %d of %d training images fit in its %.0fs budget", len(keep), len(indices), budget)
+        indices = indices[keep]
+    features, labels = classical_training_features(task, train, indices, seed)
     model = ClassicalDetector("boosting").fit_features(features, labels)
-    scores = {name: model.score(np.asarray(data.crops)) for name, data in splits.items()}
+    log.info("classical model fitted on %d crops and views in %.1fs", len(labels), time.monotonic() - t0)
+    scores = {name: model.score(splits[name].crops) for name in required}
+    for name, data in splits.items():
+        if name not in scores and time.monotonic() - t0 + per_crop * len(data) < budget:
+            scores[name] = model.score(data.crops)
     threshold, per_set = _calibrate(scores, {n: d.source_class for n, d in splits.items()}, task)
     with atomic_path(task_dir(task) / "fallback.pkl") as tmp, open(tmp, "wb") as handle:
         pickle.dump(model, handle)
     save_detector_description(task, "classical", "fallback.pkl", threshold,
-                              {"calibration_sets": per_set, "fit_seconds": time.monotonic() - t0})
+                              {"calibration_sets": per_set, "fit_seconds": time.monotonic() - t0,
+                               "train_images": int(len(indices))})
     log.info("fallback classical detector ready in %.1fs (threshold %.3f)", time.monotonic() - t0, threshold.value)
     return model, scores
 
@@ -211,9 +259,12 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     labels = {name: data.source_class for name, data in splits.items()}
     train_idx, holdout_idx = stratified_holdout(train.source_class, config.holdout_fraction, config.seed)
 
-    classical, classical_scores = fit_fallback(task, train, train_idx, splits, config.seed)
+    classical, classical_scores = fit_fallback(task, train, train_idx, splits, config.seed, deadline)
     classical_threshold, _ = _calibrate(classical_scores, labels, task)
     n_eval = sum(len(s) for s in splits.values()) + len(holdout_idx) * 2
+    # Splits the fallback had no time for get classical scores after training (for the fusion).
+    feature_time = feature_seconds_per_crop(np.asarray(splits["calibration"].crops[:4])) * sum(
+        len(data) for name, data in splits.items() if name not in classical_scores)
     # Time to score the evaluation splits after training: measured on 32 crops, with 50 % to spare.
     probe = np.asarray(splits["calibration"].crops[:32])
     probe_model = build_model(config.arch, **config.model_kwargs())
@@ -221,7 +272,7 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     t0 = time.monotonic()
     score_crops(probe_model, probe, desc="timing probe")
     per_image = (time.monotonic() - t0) / max(1, len(probe))
-    reserve = 1.5 * per_image * n_eval + 10.0
+    reserve = 1.5 * (per_image * n_eval + feature_time) + 10.0
     log.info("keeping %.0fs after training for calibration and evaluation of %d images", reserve, n_eval)
 
     init_state = None
@@ -244,6 +295,10 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
                "classical_splits": evaluate_scores(classical_scores, splits, classical_threshold)}
     kind, threshold, final_scores = "classical", classical_threshold, classical_scores
     if network is not None and (task_dir(task) / "model_best.pt").exists():
+        for name, data in splits.items():
+            if name not in classical_scores:
+                classical_scores[name] = classical.score(data.crops)
+        metrics["classical_splits"] = evaluate_scores(classical_scores, splits, classical_threshold)
         network_scores = {name: score_crops(network, data.crops, 16, deadline, f"score {name}")
                           for name, data in splits.items()}
         network_threshold, _ = _calibrate(network_scores, labels, task)

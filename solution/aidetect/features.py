@@ -1,10 +1,15 @@
 """Engineered features for the classical model family.
 
-Computed on the same native-resolution crop the network sees. Three groups:
+Computed on the same native-resolution crop the network sees. Six groups:
 spectral (azimuthally averaged log power spectrum of the luma, Durall et al.
 2020), residual (statistics of the NPR 2x2 residual and a Laplacian high-pass,
 and the periodicity of neighbouring-pixel differences that up-sampling leaves),
-and colour (channel moments and saturation).
+colour (channel moments and saturation), periodic (peaks of the high-pass
+residual's spectrum at periods 8, 4 and 2 pixels: the grids of up-sampling
+decoders), co-occurrence (joint histogram of neighbouring pixel differences, a
+compact SPAM model, Pevny et al. 2010: how natural sensor noise differs from a
+decoder's output) and noise (cross-channel residual correlation, left by
+demosaicing, and how evenly the noise spreads over 8x8 blocks).
 """
 from __future__ import annotations
 
@@ -71,6 +76,65 @@ def colour_features(rgb: np.ndarray) -> list[float]:
     return [*x.mean(axis=(0, 1)), *x.std(axis=(0, 1)), saturation.mean(), saturation.std()]
 
 
+def _laplacian(channel: np.ndarray) -> np.ndarray:
+    c = channel
+    return 4 * c[1:-1, 1:-1] - c[:-2, 1:-1] - c[2:, 1:-1] - c[1:-1, :-2] - c[1:-1, 2:]
+
+
+PERIODS = (8, 4, 2)
+
+
+def periodic_features(rgb: np.ndarray) -> list[float]:
+    """Log-spectrum peak height of the luma high-pass at periods 8, 4, 2 (x, y, diagonal) over its neighbours."""
+    lap = _laplacian(_luma(rgb) / 255.0)
+    n = min(lap.shape) // 8 * 8  # a multiple of 8: every period falls on an exact frequency bin
+    lap = lap[:n, :n]
+    log_power = np.log(np.abs(np.fft.fft2(lap - lap.mean())) + 1e-6)
+    feats = []
+    for profile in (log_power.mean(axis=0), log_power.mean(axis=1)):
+        for period in PERIODS:
+            f = n // period
+            neighbours = np.r_[profile[max(1, f - 4) : f - 1], profile[f + 2 : f + 5]]
+            feats.append(profile[f] - np.median(neighbours))
+    for period in PERIODS:
+        f = n // period
+        patch = log_power[max(0, f - 3) : f + 4, max(0, f - 3) : f + 4]
+        feats.append(log_power[f, f] - np.median(patch))
+    return feats
+
+
+COOC_T = 2  # differences are clipped to [-T, T]
+
+
+def cooccurrence_features(rgb: np.ndarray) -> list[float]:
+    """Joint histogram of two successive first-order differences of the green channel, rows and columns pooled."""
+    green = rgb[..., 1].astype(np.int16)
+    side = 2 * COOC_T + 1
+    histogram = np.zeros(side * side)
+    for diff in (np.diff(green, axis=1), np.diff(green, axis=0).T):
+        d = np.clip(diff, -COOC_T, COOC_T) + COOC_T
+        histogram += np.bincount((d[:, :-1] * side + d[:, 1:]).ravel(), minlength=side * side)
+    return list(histogram / max(histogram.sum(), 1.0))
+
+
+NOISE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def noise_features(rgb: np.ndarray) -> list[float]:
+    x = rgb.astype(np.float32)
+    residual = [_laplacian(x[..., c]) for c in range(3)]
+
+    def corr(a, b):
+        return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+    g = residual[1]
+    n = min(g.shape) // 8 * 8
+    blocks = np.abs(g[:n, :n]).reshape(n // 8, 8, n // 8, 8).mean(axis=(1, 3)).ravel()
+    spread = np.quantile(blocks, NOISE_QUANTILES) / (blocks.mean() + 1e-6)
+    return [corr(residual[0], residual[1]), corr(residual[1], residual[2]), corr(residual[0], residual[2]),
+            *spread, float((blocks < 1.0).mean())]
+
+
 FEATURE_GROUPS = {
     "spectrum": [f"spectrum_{i}" for i in range(N_SPECTRUM_BINS)],
     "residual": [
@@ -78,6 +142,10 @@ FEATURE_GROUPS = {
         "laplacian_abs", "laplacian_kurtosis", "dx_even_odd", "dy_even_odd", "dx_corr", "dy_corr",
     ],
     "colour": ["mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "saturation_mean", "saturation_std"],
+    "periodic": [f"peak_{axis}_{p}" for axis in ("x", "y", "diag") for p in PERIODS],
+    "cooccurrence": [f"cooc_{a}_{b}" for a in range(-COOC_T, COOC_T + 1) for b in range(-COOC_T, COOC_T + 1)],
+    "noise": ["residual_corr_rg", "residual_corr_gb", "residual_corr_rb",
+              *[f"block_noise_q{round(100 * q):02d}" for q in NOISE_QUANTILES], "flat_blocks"],
 }
 FEATURE_NAMES = [name for group in FEATURE_GROUPS.values() for name in group]
 
@@ -87,9 +155,19 @@ def image_features(rgb: np.ndarray) -> np.ndarray:
     # Flat crops make moments and correlations undefined: they become 0 below, silently.
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        feats = np.concatenate([radial_spectrum(_luma(rgb)), residual_features(rgb), colour_features(rgb)])
+        feats = np.concatenate([radial_spectrum(_luma(rgb)), residual_features(rgb), colour_features(rgb),
+                                periodic_features(rgb), cooccurrence_features(rgb), noise_features(rgb)])
     return np.nan_to_num(feats.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def batch_features(crops: np.ndarray) -> np.ndarray:
-    return np.stack([image_features(c) for c in crops]) if len(crops) else np.zeros((0, len(FEATURE_NAMES)))
+def batch_features(crops) -> np.ndarray:
+    """Feature rows of a sequence of crops, computed on every usable CPU for large batches."""
+    from .parallel import ordered_map
+
+    if len(crops) == 0:
+        return np.zeros((0, len(FEATURE_NAMES)))
+    workers = None if len(crops) >= PARALLEL_MIN_CROPS else 1
+    return np.stack(list(ordered_map(image_features, (np.asarray(c) for c in crops), workers, chunksize=8)))
+
+
+PARALLEL_MIN_CROPS = 64  # below this, starting worker processes costs more than it saves

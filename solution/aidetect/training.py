@@ -63,9 +63,14 @@ class FitResult:
     seconds: float = 0.0
 
 
-def stratified_holdout(source_class: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, holdout) with ``fraction`` of every source class held out."""
+MAX_HOLDOUT = 600  # images: enough to pick an epoch; held in memory as crops, so it must not grow with the data
+
+
+def stratified_holdout(source_class: np.ndarray, fraction: float, seed: int,
+                       max_size: int = MAX_HOLDOUT) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, holdout) with ``fraction`` of every source class held out, at most ``max_size`` in all."""
     rng = np.random.default_rng(seed)
+    fraction = min(fraction, max_size / max(1, len(source_class)))
     holdout = []
     for c in np.unique(source_class):
         members = np.flatnonzero(source_class == c)
