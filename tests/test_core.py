@@ -96,3 +96,21 @@ def test_tracenet_front_end_ignores_flat_colour_without_rgb():
     model = build_model("tracenet").eval()
     flat = torch.full((1, 3, 64, 64), 0.3)
     assert model.front(flat)[:, :6, 4:-4, 4:-4].abs().max() < 1e-6
+
+
+def _square_or_die(x: int) -> int:
+    import os
+    import signal
+
+    if x == 37 and os.getpid() != _PARENT_PID:  # a worker killed mid-stream, as the OOM killer would
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+_PARENT_PID = __import__("os").getpid()
+
+
+def test_ordered_map_survives_a_killed_worker_without_hanging_or_losing_items():
+    from aidetect.parallel import ordered_map
+
+    assert list(ordered_map(_square_or_die, range(300), workers=2, window_size=64)) == [x * x for x in range(300)]

@@ -175,3 +175,30 @@ def test_a_checkpoint_write_cut_short_restarts_training_cleanly(artifacts, monke
     checkpoints = _load_every_checkpoint(folder)
     assert checkpoints["checkpoint_last.pt"]["state"]["epoch"] == result.epochs_run
     assert checkpoints["model_best.pt"]["epoch"] == result.best_epoch
+
+
+def test_fallback_subsamples_its_training_set_to_fit_a_short_budget(demo_run, tmp_path, monkeypatch):
+    """With seconds to spare, the fallback learns from a stratified subset and is still calibrated and saved."""
+    from aidetect import detector
+    from aidetect.budget import Deadline
+    from aidetect.cleaning import load_prepared
+    from aidetect.training import stratified_holdout
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(demo_run["artifacts"] / "prepared", artifacts / "prepared")
+    monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(artifacts))
+    monkeypatch.setattr(detector, "MIN_FALLBACK_TRAIN", 24)
+    train = load_prepared("train")
+    splits = {name: load_prepared(name) for name in ("calibration", "validation")}
+    indices, _ = stratified_holdout(train.source_class, 0.15, 0)
+    assert len(indices) > 40, "the demo training set is too small for this test"
+    started = time.monotonic()
+    model, scores = detector.fit_fallback("task02", train, indices, splits, 0, Deadline(4, start=time.monotonic()))
+    description = json.loads((artifacts / "task02" / "detector.json").read_text())
+    assert description["kind"] == "classical"
+    assert description["train_images"] <= 30  # the floor (24), give or take stratified rounding
+    assert set(scores) >= {"calibration"} and len(scores["calibration"]) == len(splits["calibration"])
+    assert time.monotonic() - started < 30
+    # And with a long budget it keeps every image.
+    detector.fit_fallback("task02", train, indices, splits, 0, Deadline(3600, start=time.monotonic()))
+    assert json.loads((artifacts / "task02" / "detector.json").read_text())["train_images"] == len(indices)

@@ -717,8 +717,12 @@ def _figure_probe(probe, path):
     _save(fig, path)
 
 
-def make_figures(rows: pd.DataFrame, examples: dict, probe: dict, figure_dir: Path) -> list[str]:
-    """Draw every exploration figure that the available rows allow; return their file names."""
+TAIL_STEP_SECONDS = 5.0  # a figure or the shortcut probe starts only with at least this much time left
+
+
+def make_figures(rows: pd.DataFrame, examples: dict, probe: dict, figure_dir: Path,
+                 deadline: Deadline | None = None) -> list[str]:
+    """Draw every exploration figure that the available rows (and time) allow; return their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -738,6 +742,9 @@ def make_figures(rows: pd.DataFrame, examples: dict, probe: dict, figure_dir: Pa
         plots["shortcut_probe.png"] = lambda p: _figure_probe(probe, p)
     written = []
     for name, draw in plots.items():
+        if deadline is not None and deadline.remaining() < TAIL_STEP_SECONDS:
+            log.warning("exploration: no time left for figure %s and those after it (%s)", name, deadline.describe())
+            break
         try:
             draw(figure_dir / name)
             written.append(name)
@@ -794,12 +801,17 @@ def run_exploration(splits: list[str], out_dir: Path, deadline: Deadline,
         "duplicates": find_duplicates(rows) if len(rows) else {},
         "undecodable": list_undecodable(rows) if len(rows) else {"total": 0, "count": {}, "rows": []},
     }
-    try:
-        summary["shortcut_probe"] = shortcut_probe(rows) if len(rows) else {"skipped": "no rows read"}
-    except Exception as exc:  # the probe informs the report; it must not sink the stage
-        log.exception("exploration: shortcut probe failed")
-        summary["shortcut_probe"] = {"skipped": f"{type(exc).__name__}: {exc}"}
-    summary["figures"] = make_figures(rows, examples, summary["shortcut_probe"], out_dir / "figures")
+    # Written now and again after each step: a kill during the probe or the figures keeps the statistics.
+    summary["shortcut_probe"] = {"skipped": "not reached before the deadline"}
+    write_json(out_dir / "exploration.json", _json_safe(summary))
+    if deadline.remaining() >= TAIL_STEP_SECONDS:
+        try:
+            summary["shortcut_probe"] = shortcut_probe(rows) if len(rows) else {"skipped": "no rows read"}
+        except Exception as exc:  # the probe informs the report; it must not sink the stage
+            log.exception("exploration: shortcut probe failed")
+            summary["shortcut_probe"] = {"skipped": f"{type(exc).__name__}: {exc}"}
+        write_json(out_dir / "exploration.json", _json_safe(summary))
+    summary["figures"] = make_figures(rows, examples, summary["shortcut_probe"], out_dir / "figures", deadline)
     summary["seconds"] = round(time.monotonic() - started, 2)
     summary = _json_safe(summary)
     write_json(out_dir / "exploration.json", summary)

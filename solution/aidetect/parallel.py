@@ -7,10 +7,15 @@ so a process pool does it while the main process writes or scores.
 from __future__ import annotations
 
 import itertools
+import logging
 import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator
 
 from .budget import available_cpus
+
+log = logging.getLogger(__name__)
 
 
 def ordered_map(function: Callable, items: Iterable, workers: int | None = None, chunksize: int = 4,
@@ -19,19 +24,29 @@ def ordered_map(function: Callable, items: Iterable, workers: int | None = None,
 
     ``function`` must be a module-level function; it should catch its own
     per-item errors and return them as values, so one bad image never stops the
-    stream.
+    stream. If a worker process dies (killed for memory, say), the items it
+    had not returned and all later ones are computed in this process instead:
+    the stream never hangs and never loses an item.
     """
     workers = available_cpus() if workers is None else workers
     if workers <= 1:
         yield from map(function, items)
         return
-    context = mp.get_context("fork")
     iterator = iter(items)
-    with context.Pool(workers) as pool:
-        # Bounded windows: Pool.imap would read all input at once and buffer every
-        # result, so memory would grow with the split and late items could not be skipped.
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+        # Bounded windows: mapping everything at once would read all input and buffer
+        # every result, so memory would grow with the split and late items could not be skipped.
         while True:
             window = list(itertools.islice(iterator, window_size))
             if not window:
                 return
-            yield from pool.imap(function, window, chunksize=chunksize)
+            done = 0
+            try:
+                for result in pool.map(function, window, chunksize=chunksize):
+                    done += 1
+                    yield result
+            except BrokenProcessPool:
+                log.warning("a worker process died; computing the remaining items in this process")
+                yield from map(function, window[done:])
+                yield from map(function, iterator)
+                return
