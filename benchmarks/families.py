@@ -27,7 +27,6 @@ FAMILIES = ("classical_logistic", "classical_boosting", "tracenet", "tracenet_rg
 
 
 def run_family(name: str, budget: float, epochs: int) -> dict:
-    import numpy as np
 
     from aidetect.budget import Deadline
     from aidetect.calibration import calibrate_threshold

@@ -269,7 +269,7 @@ def _faithfulness(summary) -> str:
             f"- {name(task)} ({d['n_images']} generated images, {d['n_correctly_detected']} of them detected): "
             f"areas {parts}; random order {num(d['auc_random'])} (seeds {num(min(seeds))} to {num(max(seeds))}). "
             f"{verdict}."
-            + (f" On the detected images alone: " + ", ".join(
+            + (" On the detected images alone: " + ", ".join(
                 f"{METHOD_NAMES[m]} {num(v)}" for m, v in d["auc_detected"].items() if v is not None)
                + f", random {num(d['auc_random_detected'])}." if d.get("auc_random_detected") is not None else "")
             + (f" Blurring the whole crop moves the mean logit from {num(d['mean_logit_original'])} to "

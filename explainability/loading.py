@@ -5,10 +5,7 @@ scoring code the stages use), pointed at one run's artifacts and data folders.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,26 +14,7 @@ import torch
 from aidetect.cleaning import load_prepared
 from aidetect.detector import Detector, load_detector
 from aidetect.models import to_tensor
-from aidetect.paths import clean_dir, prepared_dir
-
-ENV_KEYS = ("AMLS_ARTIFACTS_DIR", "AMLS_DATA_DIR")
-
-
-@contextlib.contextmanager
-def pointing_at(artifacts: Path, data: Path):
-    """Make the package's path functions resolve to this run's folders, restored afterwards."""
-    saved = {key: os.environ.get(key) for key in ENV_KEYS}
-    os.environ["AMLS_ARTIFACTS_DIR"] = str(Path(artifacts).resolve())
-    os.environ["AMLS_DATA_DIR"] = str(Path(data).resolve())
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
+from aidetect.paths import clean_dir, pointing_at, prepared_dir  # noqa: F401 (pointing_at: re-exported)
 
 @dataclass
 class TaskModel:

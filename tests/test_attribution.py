@@ -29,6 +29,7 @@ from aidetect.attribution import (  # noqa: E402  (conftest puts solution/ on th
 )
 from aidetect.calibration import calibrate_threshold  # noqa: E402
 from aidetect.labels import SOURCE_CLASSES  # noqa: E402
+from aidetect.paths import pointing_at  # noqa: E402
 
 ALLOWED_LABELS = {"real", "generator_1", "generator_2", "generator_3", "generator_4", "generator_5", "outlier"}
 
@@ -115,16 +116,8 @@ def attribution_run(demo_run, demo_root, tmp_path_factory):
     shutil.copytree(demo_run["artifacts"], artifacts)
     env = {**os.environ, "AMLS_ARTIFACTS_DIR": str(artifacts), "AMLS_DATA_DIR": str(demo_root / "data"),
            "MPLBACKEND": "Agg"}
-    saved = {k: os.environ.get(k) for k in ("AMLS_ARTIFACTS_DIR", "AMLS_DATA_DIR")}
-    os.environ.update({k: env[k] for k in saved})
-    try:
+    with pointing_at(artifacts, demo_root / "data"):
         task = _ensure_network(artifacts)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     proc = subprocess.run([sys.executable, "attribute.py", "--timeout_seconds", "240"], cwd=SOLUTION, env=env,
                           capture_output=True, text=True, timeout=300)
     return artifacts, proc, task

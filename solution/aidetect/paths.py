@@ -6,6 +6,7 @@ environment variables ``AMLS_DATA_DIR`` and ``AMLS_ARTIFACTS_DIR``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -22,6 +23,25 @@ def data_dir() -> Path:
 
 def artifacts_dir() -> Path:
     return Path(os.environ.get("AMLS_ARTIFACTS_DIR", SOLUTION_DIR / "artifacts"))
+
+
+ENV_KEYS = ("AMLS_ARTIFACTS_DIR", "AMLS_DATA_DIR")
+
+
+@contextlib.contextmanager
+def pointing_at(artifacts: Path, data: Path):
+    """Make every path function resolve to these folders inside the ``with`` block, restored afterwards."""
+    saved = {key: os.environ.get(key) for key in ENV_KEYS}
+    os.environ["AMLS_ARTIFACTS_DIR"] = str(Path(artifacts).resolve())
+    os.environ["AMLS_DATA_DIR"] = str(Path(data).resolve())
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def split_dir(split: str) -> Path:
