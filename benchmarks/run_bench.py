@@ -185,10 +185,27 @@ def main(argv=None) -> int:
         step("model families")
         result["families"] = families(run_dir, run_dir, args.family_budget)
     (out_dir / f"{date}-proxy.json").write_text(json.dumps(result, indent=2, default=str))
+    copy_run_outputs(run_dir / "artifacts", out_dir, date)
     if "reference" in result:
         (out_dir / f"{date}-proxy.md").write_text(markdown(result))
         print(markdown(result))
     return 0 if card.get("all_valid") else 1
+
+
+def copy_run_outputs(artifacts: Path, out_dir: Path, date: str) -> None:
+    """The run's per-task metrics and its exploration (figures, statistics, cleaning report) next to the result."""
+    for task in ("task02", "task03"):
+        metrics = artifacts / task / "metrics.json"
+        if metrics.exists():
+            shutil.copy2(metrics, out_dir / f"{date}-proxy-{task}-metrics.json")
+    exploration = out_dir / f"{date}-proxy-exploration"
+    clean = artifacts / "clean"
+    for name in ("cleaning.json", "exploration.json"):
+        if (clean / name).exists():
+            exploration.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(clean / name, exploration / name)
+    if (clean / "figures").is_dir():
+        shutil.copytree(clean / "figures", exploration / "figures", dirs_exist_ok=True)
 
 
 if __name__ == "__main__":
