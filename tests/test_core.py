@@ -114,3 +114,23 @@ def test_ordered_map_survives_a_killed_worker_without_hanging_or_losing_items():
     from aidetect.parallel import ordered_map
 
     assert list(ordered_map(_square_or_die, range(300), workers=2, window_size=64)) == [x * x for x in range(300)]
+
+
+def test_load_model_refuses_a_checkpoint_that_lacks_an_architecture_field(tmp_path):
+    from dataclasses import asdict
+
+    import torch
+
+    from aidetect.errors import PipelineError
+    from aidetect.models import build_model
+    from aidetect.training import TrainConfig, load_model
+
+    config = TrainConfig(arch="tracenet", width=8)
+    model = build_model("tracenet", **config.model_kwargs())
+    fields = asdict(config)
+    torch.save({"arch": "tracenet", "config": fields, "model": model.state_dict()}, tmp_path / "ok.pt")
+    assert load_model(tmp_path / "ok.pt") is not None
+    del fields["stem_stride"]  # as saved by code from before the field existed
+    torch.save({"arch": "tracenet", "config": fields, "model": model.state_dict()}, tmp_path / "old.pt")
+    with pytest.raises(PipelineError, match="stem_stride"):
+        load_model(tmp_path / "old.pt")

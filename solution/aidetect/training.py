@@ -21,6 +21,7 @@ from .augment import NEUTRAL, POLICIES, augment
 from .budget import Deadline
 from .cleaning import PreparedSplit
 from .dataio import save_torch
+from .errors import PipelineError
 from .labels import binary_label
 from .metrics import recall_at_fpr
 from .models import build_model, to_tensor
@@ -308,6 +309,12 @@ def load_model(path: Path) -> torch.nn.Module:
     """A model from a ``model_best.pt`` checkpoint, in eval mode."""
     checkpoint = torch.load(path, weights_only=False, map_location="cpu")
     config = TrainConfig(**checkpoint["config"])
+    # Today's defaults must not stand in for architecture fields an older checkpoint lacks:
+    # a stride, say, changes no weight shape, so the model would load silently and be wrong.
+    missing = sorted(set(config.model_kwargs()) - set(checkpoint["config"]))
+    if missing:
+        raise PipelineError(f"checkpoint {path} does not record {', '.join(missing)}: it predates this code, "
+                            "retrain it")
     model = build_model(checkpoint["arch"], **config.model_kwargs())
     model.load_state_dict(checkpoint["model"])
     return model.eval()
