@@ -40,10 +40,11 @@ from aidetect.dataio import write_json  # noqa: E402
 from aidetect.errors import PipelineError  # noqa: E402
 from aidetect.labels import binary_label  # noqa: E402
 from aidetect.metrics import detection_metrics  # noqa: E402
+from aidetect.paths import pointing_at  # noqa: E402
 
 from explainability import attributions, audit, figures  # noqa: E402
 from explainability.discussion import write_discussion  # noqa: E402
-from explainability.loading import TaskModel, ValidationSet, load_task_model, load_validation, pointing_at  # noqa: E402
+from explainability.loading import TaskModel, ValidationSet, load_task_model, load_validation  # noqa: E402
 
 log = logging.getLogger("explain")
 

@@ -14,7 +14,8 @@ import torch
 from aidetect.cleaning import load_prepared
 from aidetect.detector import Detector, load_detector
 from aidetect.models import to_tensor
-from aidetect.paths import clean_dir, pointing_at, prepared_dir  # noqa: F401 (pointing_at: re-exported)
+from aidetect.paths import clean_dir, prepared_dir
+
 
 @dataclass
 class TaskModel:

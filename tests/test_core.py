@@ -1,4 +1,6 @@
 """Units the stages rely on: crops, augmentation, features, metrics, budget, models."""
+import os
+import signal
 import time
 
 import numpy as np
@@ -99,15 +101,12 @@ def test_tracenet_front_end_ignores_flat_colour_without_rgb():
 
 
 def _square_or_die(x: int) -> int:
-    import os
-    import signal
-
     if x == 37 and os.getpid() != _PARENT_PID:  # a worker killed mid-stream, as the OOM killer would
         os.kill(os.getpid(), signal.SIGKILL)
     return x * x
 
 
-_PARENT_PID = __import__("os").getpid()
+_PARENT_PID = os.getpid()
 
 
 def test_ordered_map_survives_a_killed_worker_without_hanging_or_losing_items():

@@ -187,17 +187,20 @@ def feature_seconds_per_crop(crops: np.ndarray) -> float:
 
 
 def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: dict[str, PreparedSplit],
-                 seed: int, deadline: Deadline) -> tuple[ClassicalDetector, dict]:
+                 seed: int, deadline: Deadline, per_crop: float | None = None) -> tuple[ClassicalDetector, dict]:
     """The classical detector, fitted and calibrated within a share of the budget, saved as the active detector.
 
     The training set is subsampled (stratified) to what fits in
     ``FALLBACK_SHARE`` of the remaining time after scoring the calibration
-    splits; the other splits are scored only if that still fits (else later,
-    by ``classical_scores_for``). Returns the model and its scores per split.
+    splits; the other splits are scored only if that still fits (``train_task``
+    scores them after training when the fusion needs them). ``per_crop`` is
+    the feature time per crop (``feature_seconds_per_crop``), timed here if not
+    given. Returns the model and its scores per split.
     """
     t0 = time.monotonic()
     budget = FALLBACK_SHARE * deadline.remaining()
-    per_crop = feature_seconds_per_crop(np.asarray(train.crops[indices[:8]]))
+    if per_crop is None:
+        per_crop = feature_seconds_per_crop(np.asarray(train.crops[indices[:8]]))
     required = [name for name in TASK_CALIBRATION_SPLITS[task] if name in splits]
     room = budget - per_crop * sum(len(splits[name]) for name in required)
     limit = max(MIN_FALLBACK_TRAIN, int(room / (VIEW_COST * per_crop)))
@@ -259,12 +262,12 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     labels = {name: data.source_class for name, data in splits.items()}
     train_idx, holdout_idx = stratified_holdout(train.source_class, config.holdout_fraction, config.seed)
 
-    classical, classical_scores = fit_fallback(task, train, train_idx, splits, config.seed, deadline)
+    per_crop = feature_seconds_per_crop(np.asarray(train.crops[train_idx[:8]]))
+    classical, classical_scores = fit_fallback(task, train, train_idx, splits, config.seed, deadline, per_crop)
     classical_threshold, _ = _calibrate(classical_scores, labels, task)
     n_eval = sum(len(s) for s in splits.values()) + len(holdout_idx) * 2
     # Splits the fallback had no time for get classical scores after training (for the fusion).
-    feature_time = feature_seconds_per_crop(np.asarray(splits["calibration"].crops[:4])) * sum(
-        len(data) for name, data in splits.items() if name not in classical_scores)
+    feature_time = per_crop * sum(len(data) for name, data in splits.items() if name not in classical_scores)
     # Time to score the evaluation splits after training: measured on 32 crops, with 50 % to spare.
     probe = np.asarray(splits["calibration"].crops[:32])
     probe_model = build_model(config.arch, **config.model_kwargs())

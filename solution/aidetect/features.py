@@ -41,6 +41,11 @@ def radial_spectrum(grey: np.ndarray, bins: int = N_SPECTRUM_BINS) -> np.ndarray
     return profile - profile.mean()
 
 
+def _laplacian(channel: np.ndarray) -> np.ndarray:
+    c = channel
+    return 4 * c[1:-1, 1:-1] - c[:-2, 1:-1] - c[2:, 1:-1] - c[1:-1, :-2] - c[1:-1, 2:]
+
+
 def residual_features(rgb: np.ndarray) -> list[float]:
     x = rgb.astype(np.float32) / 255.0
     h, w = x.shape[0] - x.shape[0] % 2, x.shape[1] - x.shape[1] % 2
@@ -48,7 +53,7 @@ def residual_features(rgb: np.ndarray) -> list[float]:
     up = np.repeat(np.repeat(x[::2, ::2], 2, axis=0), 2, axis=1)
     npr = x - up
     grey = _luma(rgb[:h, :w]) / 255.0
-    lap = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+    lap = _laplacian(grey)
     dx = np.abs(np.diff(grey, axis=1))
     dy = np.abs(np.diff(grey, axis=0))
     energy = grey.std() + 1e-6
@@ -74,11 +79,6 @@ def colour_features(rgb: np.ndarray) -> list[float]:
     mx, mn = x.max(axis=2), x.min(axis=2)
     saturation = (mx - mn) / (mx + 1e-6)
     return [*x.mean(axis=(0, 1)), *x.std(axis=(0, 1)), saturation.mean(), saturation.std()]
-
-
-def _laplacian(channel: np.ndarray) -> np.ndarray:
-    c = channel
-    return 4 * c[1:-1, 1:-1] - c[:-2, 1:-1] - c[2:, 1:-1] - c[1:-1, :-2] - c[1:-1, 2:]
 
 
 PERIODS = (8, 4, 2)
