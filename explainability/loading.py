@@ -115,7 +115,7 @@ class ValidationSet:
     """The prepared crops of one labelled split, with their origin and file metadata."""
 
     split: str
-    crops: np.ndarray  # (N, 256, 256, 3) uint8, memory-mapped
+    crops: np.ndarray  # (N, 256, 256, 3) uint8; a CropFile (rows read on demand) when loaded from disk
     source_class: np.ndarray  # (N,) int64
     index: pd.DataFrame | None  # (file, row) of each crop in data/<split>
     metadata: pd.DataFrame | None  # clean/metadata.parquet rows aligned with the crops

@@ -1,5 +1,6 @@
 """Units the stages rely on: crops, augmentation, features, metrics, budget, models."""
 import os
+import pickle
 import signal
 import time
 
@@ -9,7 +10,9 @@ import torch
 
 from aidetect.augment import NEUTRAL, ROBUST, augment
 from aidetect.budget import Deadline, available_cpus, safety_margin
+from aidetect.cropfile import CropFile
 from aidetect.crops import CROP_SIZE, TRAIN_CROP, square_crop
+from aidetect.errors import DataError
 from aidetect.features import FEATURE_NAMES, image_features
 from aidetect.metrics import clopper_pearson, detection_metrics
 from aidetect.models import build_model, to_tensor
@@ -133,3 +136,43 @@ def test_load_model_refuses_a_checkpoint_that_lacks_an_architecture_field(tmp_pa
     torch.save({"arch": "tracenet", "config": fields, "model": model.state_dict()}, tmp_path / "old.pt")
     with pytest.raises(PipelineError, match="stem_stride"):
         load_model(tmp_path / "old.pt")
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def test_crop_file_indexes_like_the_array_it_stores(tmp_path):
+    stored = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    np.save(tmp_path / "crops.npy", stored)
+    crops, expected = CropFile(tmp_path / "crops.npy", n=40), stored[:40]
+    for key in (3, -1, slice(2, 9), slice(None, None, 3), [5, 6, 7, 1, 2, 30], np.array([4, 4, 5]),
+                expected[:, 0, 0, 0] > 100, [], slice(39, 100), slice(10, 2)):
+        assert np.array_equal(crops[key], expected[key]), key
+    assert crops.shape == expected.shape and len(crops) == 40
+    assert np.array_equal(np.asarray(crops), expected) and np.array_equal(np.stack(list(crops)), expected)
+    assert np.array_equal(pickle.loads(pickle.dumps(crops))[7], expected[7])
+    with pytest.raises(IndexError):
+        crops[40]
+    with pytest.raises(DataError, match="60 expected"):
+        CropFile(tmp_path / "crops.npy", n=60)
+
+
+def test_walking_through_a_crop_file_keeps_resident_memory_flat(tmp_path):
+    """The reason CropFile exists: a memory map keeps every page it has served resident."""
+    n = 400  # 78 MB of 256-px crops
+    np.save(tmp_path / "crops.npy", np.full((n, CROP_SIZE, CROP_SIZE, 3), 7, dtype=np.uint8))
+
+    def growth(crops) -> float:
+        before = _resident_mb()
+        total = 0
+        for start in range(0, n, 16):
+            total += int(np.asarray(crops[start : start + 16])[:, 0, 0, 0].sum())
+        assert total == 7 * n
+        return _resident_mb() - before
+
+    mapped = growth(np.load(tmp_path / "crops.npy", mmap_mode="r"))
+    read = growth(CropFile(tmp_path / "crops.npy"))
+    assert mapped > 60, f"the memory map grew by only {mapped:.0f} MB: this check no longer shows anything"
+    assert read < 15, f"reading through CropFile grew resident memory by {read:.0f} MB"

@@ -93,9 +93,9 @@ class Embedded:
 @torch.no_grad()
 def embed(model: torch.nn.Module, crops, deadline: Deadline | None = None, desc: str | None = "embed",
           batch_size: int = EMBED_BATCH, index: np.ndarray | None = None) -> Embedded:
-    """Network outputs for the crops (uint8 (N, H, W, 3), e.g. a memmap), or for ``crops[index]``.
+    """Network outputs for the crops (uint8 (N, H, W, 3), e.g. a CropFile), or for ``crops[index]``.
 
-    Reads one batch at a time, so a memory-mapped split is never loaded whole.
+    Reads one batch at a time, so a split on disk is never loaded whole.
     Stops early (returning the first rows only) if ``deadline`` expires. No
     progress bar when ``desc`` is None.
     """

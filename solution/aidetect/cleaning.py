@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .budget import Deadline
+from .cropfile import CropFile
 from .crops import CROP_SIZE, square_crop
 from .dataio import atomic_path, count_rows, iter_batches, read_json, validate_split, write_json
 from .decode import decode_rgb, read_size
@@ -140,7 +141,7 @@ class PreparedSplit:
     """Kept images of one split as (N, CROP_SIZE, CROP_SIZE, 3) uint8 crops."""
 
     name: str
-    crops: np.ndarray
+    crops: np.ndarray | CropFile  # a CropFile when loaded from disk: rows are read on demand
     source_class: np.ndarray
 
     def __len__(self):
@@ -202,8 +203,11 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
                 if key in wanted:
                     yield key + (int(source),), data, (_crop_seed(seed, *key) if split == "train" else None)
 
-    with atomic_path(out / "crops.npy") as tmp:
-        crops = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, CROP_SIZE, CROP_SIZE, 3))
+    shape = (n, CROP_SIZE, CROP_SIZE, 3)
+    with atomic_path(out / "crops.npy") as tmp, open(tmp, "wb") as crops:
+        # Written row by row (a writable memory map would keep every written page in this
+        # process's resident memory); rows never filled stay zero and are cut off by info["n"].
+        np.lib.format.write_array_header_1_0(crops, {"descr": "|u1", "fortran_order": False, "shape": shape})
         i = 0
         with progress(total=n, desc=f"prepare {split}", deadline=deadline) as bar:
             for (file, row, source), crop, error in ordered_map(_decode_crop, items()):
@@ -211,14 +215,16 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
                 if crop is None:
                     failed.append({"file": file, "row": row, "error": error})
                     continue
-                crops[i], labels[i] = crop, source
+                if crop.shape != shape[1:] or crop.dtype != np.uint8:
+                    raise DataError(f"{split}: crop of {file} row {row} is {crop.dtype}{crop.shape}, not uint8{shape[1:]}")
+                crops.write(np.ascontiguousarray(crop).tobytes())
+                labels[i] = source
                 index.append((file, row))
                 i += 1
                 if deadline is not None and deadline.expired():
                     truncated = True
                     break
-        crops.flush()
-        del crops
+        crops.truncate(crops.tell() + (n - i) * CROP_SIZE * CROP_SIZE * 3)
     if failed:
         log.warning("%s: %d images could not be decoded and were skipped: %s", split, len(failed), failed[:10])
     np.save(out / "labels.npy", labels[:i])
@@ -235,9 +241,9 @@ def load_prepared(split: str) -> PreparedSplit:
     if not info_path.exists():
         raise DataError(f"prepared split {split} missing or incomplete at {folder}: run prepare.py")
     info = read_json(info_path)
-    crops = np.load(folder / "crops.npy", mmap_mode="r")[: info["n"]]
+    crops = CropFile(folder / "crops.npy", n=info["n"])
     labels = np.load(folder / "labels.npy")
-    if len(crops) != info["n"] or len(labels) != info["n"]:
+    if len(labels) != info["n"]:
         raise DataError(f"prepared split {split} at {folder} is inconsistent: run prepare.py again")
     return PreparedSplit(split, crops, labels.astype(np.int64))
 

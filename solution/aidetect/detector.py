@@ -161,7 +161,7 @@ def classical_training_features(task: str, train: PreparedSplit, indices: np.nda
 
     policy = replace(POLICIES[CLASSICAL_VIEWS[task]], crop_size=CROP_SIZE)
     rng = np.random.default_rng([seed, 2 if task == "task02" else 3])
-    indices = np.sort(indices)  # memory-map reads in file order
+    indices = np.sort(indices)  # consecutive rows are read from the crop file in one go
     clean, views = [np.zeros((0, len(FEATURE_NAMES)))], [np.zeros((0, len(FEATURE_NAMES)))]
     for start in range(0, len(indices), FEATURE_CHUNK):
         crops = np.asarray(train.crops[indices[start : start + FEATURE_CHUNK]])
