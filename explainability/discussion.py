@@ -170,10 +170,7 @@ def _brief(summary) -> str:
 
 def _performance(summary) -> str:
     lines = ["## 1. Decisions at the calibrated threshold (figure `per_source_recall.png`)", ""]
-    for task, t in _tasks(summary):
-        v = t.get("validation")
-        if not v:
-            continue
+    for task, t, v in _entries(summary, "validation", lines, "not run"):
         per = v["recall_per_class"]
         weakest = min(per, key=per.get) if per else None
         lines.append(
@@ -185,6 +182,18 @@ def _performance(summary) -> str:
     return "\n".join(lines)
 
 
+def _entries(summary, key: str, lines: list[str], skipped_words: str):
+    """(task, task summary, its ``key`` entry) of each task that has one; a skipped entry adds its reason to ``lines``."""
+    for task, t in _tasks(summary):
+        entry = t.get(key)
+        if not entry:
+            continue
+        if "skipped" in entry:
+            lines.append(f"- {name(task)}: {skipped_words} ({entry['skipped']}).")
+            continue
+        yield task, t, entry
+
+
 def _attention(summary) -> str:
     lines = ["## 2. Where the detector looks (Grad-CAM, figures `*_gradcam_mean.png`, `*_attributions.png`, "
              "`*_errors.png`)", "",
@@ -193,13 +202,7 @@ def _attention(summary) -> str:
              "the network logit, its classical part held fixed): red cells push the image over the threshold, "
              "blue ones below it. Concentration is measured on the evidence for the model's own decision "
              "(the map times the sign of the decision, negative part dropped)."]
-    for task, t in _tasks(summary):
-        g = t.get("gradcam")
-        if not g:
-            continue
-        if "skipped" in g:
-            lines.append(f"- {name(task)}: no Grad-CAM ({g['skipped']}).")
-            continue
+    for task, t, g in _entries(summary, "gradcam", lines, "no Grad-CAM"):
         real, generated = g["attention"]["real"], g["attention"]["generated"]
         completeness = g.get("completeness", {})
         exact = completeness.get("max_abs_error") is not None and completeness["max_abs_error"] < 1e-3 * max(
@@ -246,13 +249,7 @@ def _faithfulness(summary) -> str:
              "steps of 10 %; the mean explained score (network logit) of the generated images should fall faster "
              "than under random order "
              "(three random seeds). The area under the curve summarises it (smaller = faster fall)."]
-    for task, t in _tasks(summary):
-        a = t.get("attributions")
-        if not a:
-            continue
-        if "skipped" in a:
-            lines.append(f"- {name(task)}: not run ({a['skipped']}).")
-            continue
+    for task, t, a in _entries(summary, "attributions", lines, "not run"):
         d = a.get("deletion", {})
         if "auc" not in d:
             lines.append(f"- {name(task)}: {d.get('skipped', 'no deletion curve')}.")
@@ -310,10 +307,7 @@ def _frequency(summary) -> str:
                      + f" ({spectra['n_generated']} generated and {spectra['n_real']} real crops). "
                      "A negative high band means the generated crops carry less fine detail or noise than the "
                      "photos; a positive one, more.")
-    for task, t in _tasks(summary):
-        f = t.get("frequency")
-        if not f:
-            continue
+    for task, t, f in _entries(summary, "frequency", lines, "not run"):
         base = f["unfiltered"]
         low = f.get("low_pass", {})
         high = f.get("high_pass", {})
@@ -358,13 +352,7 @@ def _channels(summary) -> str:
     lines = ["## 5. Traces or colour? Input-channel ablation (figure `channel_ablation.png`)", "",
              "The network's fixed front end stacks the NPR residual (3 channels), three SRM residuals and, when "
              "configured, the centred colour image (3 channels); each group is set to zero in turn."]
-    for task, t in _tasks(summary):
-        c = t.get("channel_ablation")
-        if not c:
-            continue
-        if "skipped" in c:
-            lines.append(f"- {name(task)}: not run ({c['skipped']}).")
-            continue
+    for task, t, c in _entries(summary, "channel_ablation", lines, "not run"):
         fused = any("network_roc_auc" in v for v in c.values() if isinstance(v, dict))
         parts = [f"{ABLATION_WORDS.get(key, key)}: network AUC {num(network_auc(v))}"
                  + (f" (fused score {num(v['roc_auc'])})" if fused else "")
@@ -437,10 +425,7 @@ def _shortcuts(summary) -> str:
              "`*_image_statistics.png`)", "",
              "The original validation files are changed and sent through the pipeline's own decoding and "
              "centred 256-px crop, then re-scored at each task's threshold."]
-    for task, t in _tasks(summary):
-        s = t.get("shortcut_audit")
-        if not s:
-            continue
+    for task, t, s in _entries(summary, "shortcut_audit", lines, "not run"):
         variants = s["variants"]
         lines.append(f"- {name(task)} ({s['n_images']} images; the re-decoded original matches the prepared crop "
                      f"for {s['original_matches_prepared']}):")
@@ -459,10 +444,7 @@ def _shortcuts(summary) -> str:
             if reading:
                 lines.append(f"  - {reading}")
     separation_said = False
-    for task, t in _tasks(summary):
-        stats = t.get("image_statistics")
-        if not stats:
-            continue
+    for task, t, stats in _entries(summary, "image_statistics", lines, "not run"):
         separation = {} if separation_said else stats.get("class_separation_auc", {})
         separation_said = True
         by_class = stats["by_class"]
@@ -503,10 +485,7 @@ def _shortcuts(summary) -> str:
 
 def _failures(summary) -> str:
     lines = ["## 7. Where it fails (figures `*_errors.png`)", ""]
-    for task, t in _tasks(summary):
-        errors = t.get("errors")
-        if not errors:
-            continue
+    for task, t, errors in _entries(summary, "errors", lines, "not run"):
         fp, fn = errors["false_positives"], errors["false_negatives"]
         text = f"- {name(task)}: {len(fp)} false positives and {len(fn)} false negatives."
         if fp:
