@@ -76,6 +76,15 @@ ARGS = ap.parse_args()
 os.makedirs("artifacts", exist_ok=True)
 """
 
+READ_IDS = """
+import glob
+import pyarrow.parquet as pq
+ids = []
+for f in sorted(glob.glob("data/predict/*.parquet")):
+    ids += pq.read_table(f, columns=["row_id"]).column("row_id").to_pylist()
+"""  # fake predict stages: every row_id of data/predict/, in order
+
+
 STAGE_SCRIPTS = {
     "clean.py": ARGS + """
 import socket
@@ -119,12 +128,7 @@ print("train: training forever", flush=True)
 while True:
     time.sleep(0.1)
 """,
-    "predict.py": ARGS + """
-import glob
-import pyarrow.parquet as pq
-ids = []
-for f in sorted(glob.glob("data/predict/*.parquet")):
-    ids += pq.read_table(f, columns=["row_id"]).column("row_id").to_pylist()
+    "predict.py": ARGS + READ_IDS + """
 os.makedirs("artifacts/task02", exist_ok=True)
 with open("artifacts/task02/predictions.csv.tmp", "w") as f:
     f.write("row_id,predicted_label\\n")
@@ -145,12 +149,7 @@ with open("artifacts/task03/metrics.json", "w") as f:
 print("train_augmented: about to fail", file=sys.stderr)
 sys.exit(3)
 """,
-    "predict_augmented.py": ARGS + """
-import glob
-import pyarrow.parquet as pq
-ids = []
-for f in sorted(glob.glob("data/predict/*.parquet")):
-    ids += pq.read_table(f, columns=["row_id"]).column("row_id").to_pylist()
+    "predict_augmented.py": ARGS + READ_IDS + """
 os.makedirs("artifacts/task03", exist_ok=True)
 rows = [(r, 1) for r in ids[:-1]]          # the last id is missing
 rows.append((ids[0], 0))                    # the first one is duplicated
