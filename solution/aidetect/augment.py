@@ -4,8 +4,9 @@
 with high probability at a random quality, so "was it a JPEG" stops telling
 real from generated, plus flips and 90-degree turns. ``robust`` (Task 3) adds
 what the augmented splits and real users do to images: JPEG down to quality
-30, blur, down- and up-scaling, noise, colour changes and crops (CNNDetection,
-Wang et al. 2020, with wider ranges).
+30, blur, rescaling (up-scaling; down-scaling too for views smaller than the
+stored crop), noise, colour changes and crops (CNNDetection, Wang et al.
+2020, with wider ranges).
 """
 from __future__ import annotations
 
@@ -64,6 +65,10 @@ def augment(crop: np.ndarray, policy: AugmentPolicy, rng: np.random.Generator) -
     image = Image.fromarray(crop)
     if rng.random() < policy.rescale_p:
         factor = float(rng.uniform(*policy.rescale))
+        # Never below the crop: for the network's 128-px views of a 256-px crop a factor down to 0.5 is
+        # a real down-scaling; for full-size (256-px) views only factors above 1 change anything. A
+        # down-then-up view (what prepare makes of a small image) was tried for the classical model on
+        # the proxy and did not help (notes of issue 3, 2026-11-26), so it is not used.
         new = max(policy.crop_size, round(image.width * factor))
         resample = Image.BILINEAR if rng.random() < 0.5 else Image.BICUBIC
         image = image.resize((new, new), resample)
