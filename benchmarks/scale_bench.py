@@ -159,6 +159,7 @@ def summarise_run(card: dict, factor: int, scale: float, artifacts: Path) -> dic
             "ended_before_timeout": bool(s["exit_code"] is not None and not s["timed_out"]
                                          and s["wall_seconds"] < s["timeout_seconds"]),
             "peak_rss_mb": s["peak_rss_mb"], "peak_rss_max_process_mb": s["peak_rss_max_process_mb"],
+            "peak_pss_tree_mb": s.get("peak_pss_tree_sampled_mb"),
         })
     tasks = {}
     for task, entry in card["tasks"].items():
@@ -174,12 +175,13 @@ def summarise_run(card: dict, factor: int, scale: float, artifacts: Path) -> dic
 
 def print_table(runs: list[dict]) -> None:
     print(f"\n{'factor':>6} {'scale':>6} {'stage':<18} {'timeout':>7} {'wall s':>8} {'exit':>5} {'in time':>7} "
-          f"{'peak MB':>8}")
+          f"{'peak MB':>8} {'PSS MB':>7}")
     for run in runs:
         for s in run["stages"]:
             in_time = "yes" if s["ended_before_timeout"] else "NO"
             print(f"{run['factor']:>6} {run['timeout_scale']:>6g} {s['name']:<18} {s['timeout_seconds']:>7} "
-                  f"{s['wall_seconds']:>8.1f} {str(s['exit_code']):>5} {in_time:>7} {s['peak_rss_mb'] or 0:>8.0f}")
+                  f"{s['wall_seconds']:>8.1f} {str(s['exit_code']):>5} {in_time:>7} {s['peak_rss_mb'] or 0:>8.0f} "
+                  f"{s.get('peak_pss_tree_mb') or 0:>7.0f}")
         for task, t in run["tasks"].items():
             print(f"{'':>6} {'':>6} {task}: valid={t['valid']} detector={t['detector']} recall_ai={t['recall_ai']} "
                   f"fpr={t['fpr']}")

@@ -31,7 +31,11 @@ This harness reproduces that on the bare machine:
   between polls are not missed) and ``ru_maxrss`` of ``wait4`` (covers the last moments and
   short-lived children; it is only used when above the harness's own peak RSS, because the
   kernel carries the spawning process's high-water mark over into the first exec'd child);
-  ``peak_rss_mb`` is the larger of the two;
+  ``peak_rss_mb`` is the larger of the two; ``peak_pss_tree_sampled_mb`` is the largest sum of PSS
+  (proportional set size: a page shared by k processes counts 1/k in each) over the tree, sampled
+  at most once per ``PSS_SECONDS`` because reading it costs ~13 ms per GB-sized process. Forked
+  workers share most of their pages with the parent, so the RSS sum counts the parent several times
+  and the PSS sum is the tree's actual footprint;
 * ``--cpus 8``: a container with a CPU quota still sees every host core; we record
   ``threads_for_cpus8 = min(8, os.cpu_count())`` and, if more than 8 cores are available, pin the
   stage to 8 of them with ``taskset``.  ``OMP_NUM_THREADS`` & co. are removed from the
@@ -106,6 +110,7 @@ THREAD_ENV_VARS = ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 ISOLATION_FULL = "unshare(mount,net)+ro-bind"
 ISOLATION_NONE = "none"
 POLL_SECONDS = 0.2
+PSS_SECONDS = 1.0  # PSS of the tree is read at most this often (it walks every page table)
 TAIL_LINES = 30
 MOUNT_FAIL_RC = 97  # exit code of the in-namespace shell when the read-only bind mount fails
 
@@ -353,6 +358,17 @@ def _vm_hwm_kb(pid: int | str) -> int | None:
     return None
 
 
+def _tree_pss(root: Any) -> int:
+    """Sum of PSS (bytes) over the process tree; processes that vanish or deny access count 0."""
+    total = 0
+    for p in _tree(root):
+        try:
+            total += p.memory_full_info().pss
+        except Exception:
+            continue
+    return total
+
+
 def _tree(proc_ps: Any) -> list[Any]:
     try:
         return [proc_ps] + proc_ps.children(recursive=True)
@@ -400,6 +416,7 @@ def run_stage(name: str, script: str, official_timeout: int, *, sol_dir: str, da
         "started_at": _now_iso(), "wall_seconds": None, "exit_code": None, "signal": None,
         "timed_out": False, "killed": False, "ok": False,
         "peak_rss_mb": None, "peak_rss_tree_sampled_mb": None, "peak_rss_max_process_mb": None,
+        "peak_pss_tree_sampled_mb": None,
         "log": log_path, "tail": [], "error": None,
     }
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -447,6 +464,8 @@ def run_stage(name: str, script: str, official_timeout: int, *, sol_dir: str, da
             ps_root = None
     seen: dict[int, Any] = {}
     peak_sum = 0
+    peak_pss = 0
+    pss_due = t0
     peak_hwm_kb = 0
     deadline = t0 + timeout
     term_at: float | None = None
@@ -467,6 +486,9 @@ def run_stage(name: str, script: str, official_timeout: int, *, sol_dir: str, da
                         continue
                     peak_hwm_kb = max(peak_hwm_kb, _vm_hwm_kb(p.pid) or 0)
                 peak_sum = max(peak_sum, total)
+                if time.monotonic() >= pss_due:
+                    pss_due = time.monotonic() + PSS_SECONDS
+                    peak_pss = max(peak_pss, _tree_pss(ps_root))
             now = time.monotonic()
             if term_at is None and now >= deadline:
                 rec["timed_out"] = True
@@ -512,6 +534,7 @@ def run_stage(name: str, script: str, official_timeout: int, *, sol_dir: str, da
         rec["error"] = "read-only bind mount of the data failed"
     rec["ok"] = (rc == 0) and not rec["timed_out"]
     rec["peak_rss_tree_sampled_mb"] = round(peak_sum / 2**20, 1) if ps_root is not None else None
+    rec["peak_pss_tree_sampled_mb"] = round(peak_pss / 2**20, 1) if ps_root is not None and peak_pss else None
     max_proc_kb = peak_hwm_kb
     # ru_maxrss (KiB) of the reaped unshare/python includes its reaped descendants, but also the
     # harness's own high-water mark (inherited at the first exec): only trust it above that.
@@ -850,7 +873,9 @@ def grade(data_root: str, solution_dir: str, workspace: str | None = None,
                           f"of RSS over the stage process tree; peak_rss_max_process_mb: largest "
                           f"single-process peak from the kernel high-water marks (VmHWM of every "
                           f"polled process, and wait4 ru_maxrss when above the harness's own "
-                          f"peak); peak_rss_mb: the larger of the two",
+                          f"peak); peak_rss_mb: the larger of the two; peak_pss_tree_sampled_mb: "
+                          f"sum of PSS over the tree (shared pages divided among their sharers), "
+                          f"read at most every {PSS_SECONDS}s",
         "data_root": data_root,
         "solution_dir": solution_dir,
         "workspace": ws,
