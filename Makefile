@@ -5,6 +5,9 @@
 # Benchmarks on ../shared/proxy (long; results are committed under benchmarks/results/):
 #   make bench  - the packaged pipeline through the harness with official timeouts, the model
 #                 families and the course reference runtime in the same run
+#   make explain, make report - explanations and the report from that run
+#   make bench-families, make bench-attribution - the families alone, the attribution benchmark
+#   make submission ID=<student id> - the course zip
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -36,6 +39,25 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_bench.py --data $(PROXY) --out benchmarks/results
+
+# After `make bench` (they read its run in runs/proxy):
+PROXY_RUN := runs/proxy/artifacts
+bench-families: $(STAMP)
+	$(PY) benchmarks/families.py --artifacts $(PROXY_RUN) --budget 300 --out runs/proxy_families.json
+
+bench-attribution: $(STAMP)
+	$(PY) benchmarks/attribution_bench.py --artifacts $(PROXY_RUN) --data $(PROXY)/data \
+		--out benchmarks/results/$(DATE)-attribution-proxy.json --epochs 6 --run-seconds 320
+
+explain: $(STAMP)
+	$(PY) explainability/explain.py --artifacts $(PROXY_RUN) --data $(PROXY)/data --out explainability/output \
+		--timeout_seconds 420
+
+report: $(STAMP)
+	$(PY) report/build_report.py --artifacts $(PROXY_RUN) --explain explainability/output --out report/report.pdf
+
+submission: $(STAMP)
+	$(PY) tools/make_submission.py --id $(ID)
 
 lint: $(STAMP)
 	$(VENV)/bin/hadolint --failure-threshold warning solution/Dockerfile

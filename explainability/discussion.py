@@ -151,9 +151,8 @@ def _brief(summary) -> str:
             colour, traces = network_auc(c["rgb_only"]), network_auc(c["without_rgb"])
             lines.append(f"- {name(task)}: in the network, colour alone ranks the classes at AUC {num(colour)}, the "
                          f"residual traces alone at {num(traces)} (all channels {num(network_auc(c['none']))}): "
-                         + ("mostly colour and content." if colour - traces > CLEAR_AUC else
-                            "traces and colour about equally." if abs(colour - traces) <= CLEAR_AUC else
-                            "mostly the residual traces."))
+                         + {"colour": "mostly colour and content.", "both": "traces and colour about equally.",
+                            "traces": "mostly the residual traces."}[_leaning(colour, traces)])
     for task, t in tasks:
         d = (t.get("attributions") or {}).get("deletion", {})
         if d.get("best_method"):
@@ -180,6 +179,15 @@ def _performance(summary) -> str:
             + ", ".join(f"{source(s)} {pct(r)}" for s, r in per.items())
             + (f"; the weakest is {source(weakest)}." if weakest else "."))
     return "\n".join(lines)
+
+
+def _leaning(colour_auc: float, traces_auc: float) -> str:
+    """"colour", "both" or "traces": which inputs carry the network's ranking, judged on the two
+    decimals the reader sees, so that numbers that look equal get the same words."""
+    gap = round(colour_auc, 2) - round(traces_auc, 2)
+    if abs(gap) <= CLEAR_AUC + 1e-9:
+        return "both"
+    return "colour" if gap > 0 else "traces"
 
 
 def _entries(summary, key: str, lines: list[str], skipped_words: str):
@@ -366,12 +374,13 @@ def _channels(summary) -> str:
             colour, traces = network_auc(c["rgb_only"]), network_auc(c["without_rgb"])
             if colour is not None and traces is not None:
                 text += (f" Colour alone ranks the images at AUC {num(colour)}, the residuals alone at {num(traces)}: "
-                         + ("the decision leans on colour and content more than on generator traces, a dataset cue "
-                            "(what the generated images show and how they are coloured) rather than a trace of "
-                            "generation." if colour - traces > CLEAR_AUC else
-                            "colour and content carry about as much of the ranking as the residual traces, so the "
-                            "detector is only partly a trace detector." if abs(colour - traces) <= CLEAR_AUC else
-                            "the residual traces carry more of the ranking than colour and content."))
+                         + {"colour": "the decision leans on colour and content more than on generator traces, a "
+                                      "dataset cue (what the generated images show and how they are coloured) rather "
+                                      "than a trace of generation.",
+                            "both": "colour and content carry about as much of the ranking as the residual traces, "
+                                    "so the detector is only partly a trace detector.",
+                            "traces": "the residual traces carry more of the ranking than colour and content."
+                            }[_leaning(colour, traces)])
                 without = c["without_rgb"]
                 if without.get("recall_ai") is not None and c["none"].get("recall_ai") is not None:
                     text += (f" Without colour the recall at the threshold moves from {pct(c['none']['recall_ai'])} "
