@@ -187,6 +187,37 @@ def print_table(runs: list[dict]) -> None:
                   f"fpr={t['fpr']}")
 
 
+def markdown(result: dict) -> str:
+    """Tables of a scale result: stage times and memory per run, then the tasks' outcomes."""
+    mb = lambda v: "" if v is None else f"{v:.0f}"  # noqa: E731
+    lines = [f"# Scale and time-budget benchmark, {result['date'][:10]}", "",
+             f"Machine: {result['machine']['cpu_model']} ({result['machine']['nproc']} cores). Data: "
+             f"`{result['data']}` replicated (x1 = as is; {result['note']}).", "",
+             "Memory columns: `tree RSS` = the largest sum of RSS over the stage's process tree (a page that a "
+             "forked worker shares with its parent counts once per process); `max process` = the largest "
+             "single-process high-water mark; `tree PSS` = the largest sum of PSS over the tree (a shared page "
+             "counts 1/k in each of its k sharers: the tree's actual footprint), read at most once a second "
+             "(empty for runs made before the harness recorded it).", "",
+             "| factor | timeouts | started | stage | timeout s | wall s | exit | in time | tree RSS MB | "
+             "max process MB | tree PSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    runs = sorted(result["runs"], key=lambda r: (r["factor"], -r["timeout_scale"]))
+    for run in runs:
+        for st in run["stages"]:
+            lines.append(f"| x{run['factor']} | x{run['timeout_scale']:g} | {run.get('started', '')[11:16]} | "
+                         f"{st['name']} | {st['timeout_seconds']} | {st['wall_seconds']:.0f} | {st['exit_code']} | "
+                         f"{'yes' if st['ended_before_timeout'] else 'NO'} | {mb(st['peak_rss_mb'])} | "
+                         f"{mb(st['peak_rss_max_process_mb'])} | {mb(st.get('peak_pss_tree_mb'))} |")
+    lines += ["", "| factor | timeouts | task | valid | detector | epochs | stopped because | recall_ai (predict) | "
+                  "FPR (predict) |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for task, t in run["tasks"].items():
+            rate = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+            lines.append(f"| x{run['factor']} | x{run['timeout_scale']:g} | {task} | {t['valid']} | {t['detector']} | "
+                         f"{t.get('epochs_run') or ''} | {t.get('stopped_because') or ''} | {rate(t['recall_ai'])} | "
+                         f"{rate(t['fpr'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="dataset root with data/<split>/ and labels/")
@@ -197,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where the replicated data and runs go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the replicated data, logs and artifacts")
     parser.add_argument("--verbose", action="store_true", help="stream the stages' output")
+    parser.add_argument("--markdown-only", type=Path, default=None, metavar="JSON",
+                        help="only write the tables of an existing result JSON (to <JSON>.md) and exit")
     args = parser.parse_args(argv)
+    if args.markdown_only is not None:
+        args.markdown_only.with_suffix(".md").write_text(markdown(json.loads(args.markdown_only.read_text())))
+        return 0
 
     data_root = Path(args.data).resolve()
     factors = [int(f) for f in args.factors.split(",")]
@@ -248,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\n[scale] wrote {result_path}")
+    _atomic_write_text(str(result_path.with_suffix(".md")), markdown(result))
+    print(f"\n[scale] wrote {result_path} and its tables in {result_path.with_suffix('.md').name}")
     return 0 if all(r["all_valid"] for r in result["runs"]) else 1
 
 
