@@ -358,17 +358,6 @@ def _vm_hwm_kb(pid: int | str) -> int | None:
     return None
 
 
-def _tree_pss(root: Any) -> int:
-    """Sum of PSS (bytes) over the process tree; processes that vanish or deny access count 0."""
-    total = 0
-    for p in _tree(root):
-        try:
-            total += p.memory_full_info().pss
-        except Exception:
-            continue
-    return total
-
-
 def _tree(proc_ps: Any) -> list[Any]:
     try:
         return [proc_ps] + proc_ps.children(recursive=True)
@@ -477,18 +466,24 @@ def run_stage(name: str, script: str, official_timeout: int, *, sol_dir: str, da
             if wpid == proc.pid:
                 break
             if ps_root is not None:
-                total = 0
+                with_pss = time.monotonic() >= pss_due  # PSS walks page tables: not on every poll
+                if with_pss:
+                    pss_due = time.monotonic() + PSS_SECONDS
+                total, total_pss = 0, 0
                 for p in _tree(ps_root):
                     try:
-                        total += p.memory_info().rss
+                        if with_pss:
+                            full = p.memory_full_info()
+                            total += full.rss
+                            total_pss += full.pss
+                        else:
+                            total += p.memory_info().rss
                         seen.setdefault(p.pid, p)
                     except Exception:
                         continue
                     peak_hwm_kb = max(peak_hwm_kb, _vm_hwm_kb(p.pid) or 0)
                 peak_sum = max(peak_sum, total)
-                if time.monotonic() >= pss_due:
-                    pss_due = time.monotonic() + PSS_SECONDS
-                    peak_pss = max(peak_pss, _tree_pss(ps_root))
+                peak_pss = max(peak_pss, total_pss)
             now = time.monotonic()
             if term_at is None and now >= deadline:
                 rec["timed_out"] = True
