@@ -190,15 +190,17 @@ def print_table(runs: list[dict]) -> None:
 def markdown(result: dict) -> str:
     """Tables of a scale result: stage times and memory per run, then the tasks' outcomes."""
     mb = lambda v: "" if v is None else f"{v:.0f}"  # noqa: E731
+    rate = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"# Scale and time-budget benchmark, {result['date'][:10]}", "",
              f"Machine: {result['machine']['cpu_model']} ({result['machine']['nproc']} cores). Data: "
              f"`{result['data']}` replicated (x1 = as is; {result['note']}).", "",
-             "Memory columns: `tree RSS` = the largest sum of RSS over the stage's process tree (a page that a "
-             "forked worker shares with its parent counts once per process); `max process` = the largest "
+             "Memory columns: `peak` = the harness's `peak_rss_mb`, the larger of the largest sum of RSS over the "
+             "stage's process tree (a page that a forked worker shares with its parent counts once per process) "
+             "and the largest process; `max process` = the largest "
              "single-process high-water mark; `tree PSS` = the largest sum of PSS over the tree (a shared page "
              "counts 1/k in each of its k sharers: the tree's actual footprint), read at most once a second "
              "(empty for runs made before the harness recorded it).", "",
-             "| factor | timeouts | started | stage | timeout s | wall s | exit | in time | tree RSS MB | "
+             "| factor | timeouts | started | stage | timeout s | wall s | exit | in time | peak MB | "
              "max process MB | tree PSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     runs = sorted(result["runs"], key=lambda r: (r["factor"], -r["timeout_scale"]))
     for run in runs:
@@ -211,7 +213,6 @@ def markdown(result: dict) -> str:
                   "FPR (predict) |", "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for task, t in run["tasks"].items():
-            rate = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
             lines.append(f"| x{run['factor']} | x{run['timeout_scale']:g} | {task} | {t['valid']} | {t['detector']} | "
                          f"{t.get('epochs_run') or ''} | {t.get('stopped_because') or ''} | {rate(t['recall_ai'])} | "
                          f"{rate(t['fpr'])} |")
