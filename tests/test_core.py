@@ -12,7 +12,7 @@ from aidetect.augment import NEUTRAL, ROBUST, augment
 from aidetect.budget import Deadline, available_cpus, safety_margin
 from aidetect.cropfile import CropFile
 from aidetect.crops import CROP_SIZE, TRAIN_CROP, square_crop
-from aidetect.errors import DataError
+from aidetect.errors import DataError, PipelineError
 from aidetect.features import FEATURE_NAMES, image_features
 from aidetect.metrics import clopper_pearson, detection_metrics
 from aidetect.models import build_model, to_tensor
@@ -121,10 +121,6 @@ def test_ordered_map_survives_a_killed_worker_without_hanging_or_losing_items():
 def test_load_model_refuses_a_checkpoint_that_lacks_an_architecture_field(tmp_path):
     from dataclasses import asdict
 
-    import torch
-
-    from aidetect.errors import PipelineError
-    from aidetect.models import build_model
     from aidetect.training import TrainConfig, load_model
 
     config = TrainConfig(arch="tracenet", width=8)
