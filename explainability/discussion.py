@@ -169,7 +169,7 @@ def _brief(summary) -> str:
 
 def _performance(summary) -> str:
     lines = ["## 1. Decisions at the calibrated threshold (figure `per_source_recall.png`)", ""]
-    for task, t, v in _entries(summary, "validation", lines, "not run"):
+    for task, t, v in _entries(summary, "validation", lines):
         per = v["recall_per_class"]
         weakest = min(per, key=per.get) if per else None
         lines.append(
@@ -190,7 +190,7 @@ def _leaning(colour_auc: float, traces_auc: float) -> str:
     return "colour" if gap > 0 else "traces"
 
 
-def _entries(summary, key: str, lines: list[str], skipped_words: str):
+def _entries(summary, key: str, lines: list[str], skipped_words: str = "not run"):
     """(task, task summary, its ``key`` entry) of each task that has one; a skipped entry adds its reason to ``lines``."""
     for task, t in _tasks(summary):
         entry = t.get(key)
@@ -257,7 +257,7 @@ def _faithfulness(summary) -> str:
              "steps of 10 %; the mean explained score (network logit) of the generated images should fall faster "
              "than under random order "
              "(three random seeds). The area under the curve summarises it (smaller = faster fall)."]
-    for task, t, a in _entries(summary, "attributions", lines, "not run"):
+    for task, t, a in _entries(summary, "attributions", lines):
         d = a.get("deletion", {})
         if "auc" not in d:
             lines.append(f"- {name(task)}: {d.get('skipped', 'no deletion curve')}.")
@@ -315,7 +315,7 @@ def _frequency(summary) -> str:
                      + f" ({spectra['n_generated']} generated and {spectra['n_real']} real crops). "
                      "A negative high band means the generated crops carry less fine detail or noise than the "
                      "photos; a positive one, more.")
-    for task, t, f in _entries(summary, "frequency", lines, "not run"):
+    for task, t, f in _entries(summary, "frequency", lines):
         base = f["unfiltered"]
         low = f.get("low_pass", {})
         high = f.get("high_pass", {})
@@ -360,7 +360,7 @@ def _channels(summary) -> str:
     lines = ["## 5. Traces or colour? Input-channel ablation (figure `channel_ablation.png`)", "",
              "The network's fixed front end stacks the NPR residual (3 channels), three SRM residuals and, when "
              "configured, the centred colour image (3 channels); each group is set to zero in turn."]
-    for task, t, c in _entries(summary, "channel_ablation", lines, "not run"):
+    for task, t, c in _entries(summary, "channel_ablation", lines):
         fused = any("network_roc_auc" in v for v in c.values() if isinstance(v, dict))
         parts = [f"{ABLATION_WORDS.get(key, key)}: network AUC {num(network_auc(v))}"
                  + (f" (fused score {num(v['roc_auc'])})" if fused else "")
@@ -434,7 +434,7 @@ def _shortcuts(summary) -> str:
              "`*_image_statistics.png`)", "",
              "The original validation files are changed and sent through the pipeline's own decoding and "
              "centred 256-px crop, then re-scored at each task's threshold."]
-    for task, t, s in _entries(summary, "shortcut_audit", lines, "not run"):
+    for task, t, s in _entries(summary, "shortcut_audit", lines):
         variants = s["variants"]
         lines.append(f"- {name(task)} ({s['n_images']} images; the re-decoded original matches the prepared crop "
                      f"for {s['original_matches_prepared']}):")
@@ -453,7 +453,7 @@ def _shortcuts(summary) -> str:
             if reading:
                 lines.append(f"  - {reading}")
     separation_said = False
-    for task, t, stats in _entries(summary, "image_statistics", lines, "not run"):
+    for task, t, stats in _entries(summary, "image_statistics", lines):
         separation = {} if separation_said else stats.get("class_separation_auc", {})
         separation_said = True
         by_class = stats["by_class"]
@@ -494,7 +494,7 @@ def _shortcuts(summary) -> str:
 
 def _failures(summary) -> str:
     lines = ["## 7. Where it fails (figures `*_errors.png`)", ""]
-    for task, t, errors in _entries(summary, "errors", lines, "not run"):
+    for task, t, errors in _entries(summary, "errors", lines):
         fp, fn = errors["false_positives"], errors["false_negatives"]
         text = f"- {name(task)}: {len(fp)} false positives and {len(fn)} false negatives."
         if fp:
