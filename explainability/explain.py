@@ -90,8 +90,9 @@ def analyse_scores(run: Run) -> None:
     rates = {}
     for task, model in run.models.items():
         explained = model.explained_scores(run.data.crops)
-        classical = model.classical.score(np.asarray(run.data.crops)) if model.kind == "fusion" else None
-        scores = model.combine(explained, classical_scores=classical)
+        classical = model.classical_image_scores(run.data) if model.kind != "network" else None
+        # A classical detector's score is its corner-crop mean; the maps still explain single crops.
+        scores = classical if model.kind == "classical" else model.combine(explained, classical_scores=classical)
         predicted = model.predict(scores)
         run.scores[task], run.explained[task], run.classical[task] = scores, explained, classical
         run.predicted[task] = predicted

@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from aidetect.cleaning import load_prepared
-from aidetect.detector import Detector, load_detector
+from aidetect.detector import Detector, classical_scores_of, load_detector
+from aidetect.features import CornerFeatures
 from aidetect.models import to_tensor
 from aidetect.paths import clean_dir, prepared_dir
 
@@ -82,8 +83,14 @@ class TaskModel:
             classical_scores = self.classical.score(np.asarray(crops))
         return self.detector.scorer.combine(explained_scores, classical_scores)
 
+    def classical_image_scores(self, data: "ValidationSet") -> np.ndarray:
+        """The classical part's score of each image as the detector computes it (over its corner crops when
+        the detector was calibrated that way); the perturbation analyses score single crops instead."""
+        corners = data.corners if self.detector.info.get("classical_crops") == "corners" else None
+        return classical_scores_of(self.classical, np.asarray(data.crops), corners)
+
     def score(self, crops: np.ndarray) -> np.ndarray:
-        """The full detector score of uint8 crops, the number the threshold applies to."""
+        """The full detector score of uint8 crops (each crop one image), the number the threshold applies to."""
         return self.combine(self.explained_scores(crops), crops)
 
     def network_thresholds(self, n: int, classical_scores: np.ndarray | None = None) -> np.ndarray:
@@ -119,6 +126,7 @@ class ValidationSet:
     source_class: np.ndarray  # (N,) int64
     index: pd.DataFrame | None  # (file, row) of each crop in data/<split>
     metadata: pd.DataFrame | None  # clean/metadata.parquet rows aligned with the crops
+    corners: CornerFeatures | None = None  # features of each image's corner crops (prepare.py)
 
     def __len__(self) -> int:
         return len(self.source_class)
@@ -136,4 +144,4 @@ def load_validation(split: str = "validation") -> ValidationSet:
         aligned = index.merge(table, on=["file", "row"], how="left", validate="one_to_one")
         if len(aligned) == len(prepared) and aligned["source_class"].notna().all():
             metadata = aligned
-    return ValidationSet(split, prepared.crops, prepared.source_class, index, metadata)
+    return ValidationSet(split, prepared.crops, prepared.source_class, index, metadata, prepared.corners)

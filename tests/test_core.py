@@ -11,9 +11,10 @@ import torch
 from aidetect.augment import NEUTRAL, ROBUST, augment
 from aidetect.budget import Deadline, available_cpus, safety_margin
 from aidetect.cropfile import CropFile
-from aidetect.crops import CROP_SIZE, TRAIN_CROP, square_crop
+from aidetect.classical import ClassicalDetector
+from aidetect.crops import CROP_SIZE, TRAIN_CROP, corner_crops, square_crop
 from aidetect.errors import DataError, PipelineError
-from aidetect.features import FEATURE_NAMES, image_features
+from aidetect.features import FEATURE_NAMES, CornerFeatures, image_features
 from aidetect.metrics import clopper_pearson, detection_metrics
 from aidetect.models import build_model, to_tensor
 
@@ -29,6 +30,32 @@ def test_square_crop_keeps_native_pixels_on_the_8_pixel_grid():
     matches = [(t, l) for t in range(0, 120, 8) for l in range(0, 245, 8)
                if np.array_equal(random_crop, image[t:t + 256, l:l + 256])]
     assert matches, "random crops must also sit on the 8-pixel grid"
+
+
+def test_corner_crops_are_native_grid_aligned_and_as_many_as_are_distinct():
+    image = np.random.default_rng(1).integers(0, 256, size=(375, 500, 3), dtype=np.uint8)
+    crops = corner_crops(image)
+    bottom, right = (375 - 256) // 8 * 8, (500 - 256) // 8 * 8
+    expected = [image[t:t + 256, l:l + 256] for t in (0, bottom) for l in (0, right)]
+    assert len(crops) == 4 and all(np.array_equal(c, e) for c, e in zip(crops, expected))
+    assert len(corner_crops(image[:256, :256])) == 1
+    assert len(corner_crops(image[:256, :])) == 2
+    assert [c.shape for c in corner_crops(image[:40, :90])] == [(CROP_SIZE, CROP_SIZE, 3)] * 2  # up-scaled first
+
+
+def test_classical_image_scores_are_the_mean_log_odds_of_their_corner_crops():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(60, len(FEATURE_NAMES)))
+    model = ClassicalDetector("logistic").fit_features(features, np.arange(60) % 2)
+    per_image = [features[:4], features[4:5], features[5:7]]
+    corners = CornerFeatures.stack(per_image)
+    expected = [model.score_features(rows).mean() for rows in per_image]
+    assert np.allclose(model.score_images(corners), expected)
+    assert model.score_images(CornerFeatures.stack([])).shape == (0,)
+    with pytest.raises(ValueError, match="inconsistent corner features"):
+        CornerFeatures(features[:7], np.array([0, 4, 4, 7]))  # an image without rows
+    with pytest.raises(ValueError, match="inconsistent corner features"):
+        CornerFeatures(features[:7], np.array([0, 4, 6]))  # rows nobody owns
 
 
 def test_small_images_are_upscaled_to_the_crop():

@@ -10,6 +10,8 @@ import json
 import pandas as pd
 import pytest
 
+from aidetect.detector import FUSION_WEIGHT
+
 STAGES = ["clean", "prepare", "train", "predict", "train_augmented", "predict_augmented"]
 
 
@@ -43,7 +45,10 @@ def test_network_is_trained_and_calibrated(demo_run, task):
     metrics = json.loads((demo_run["artifacts"] / task / "metrics.json").read_text())
     # The network was trained and scored, and the packaged detector fuses it with the classical model.
     assert metrics["fit"]["epochs_run"] >= 1 and "network_splits" in metrics and "classical_splits" in metrics
-    assert metrics["detector"] == "fusion" and metrics["fusion"]["weight"] == 0.5
+    assert metrics["detector"] == "fusion" and metrics["fusion"]["weight"] == FUSION_WEIGHT
+    # The classical part scored the calibration images on their corner crops, as predict does.
+    assert metrics["fusion"]["classical_crops"] == "corners"
+    assert json.loads((demo_run["artifacts"] / task / "detector.json").read_text())["classical_crops"] == "corners"
     threshold = metrics["threshold"]
     assert threshold["guaranteed"] and threshold["max_fpr"] == 0.2 and threshold["confidence"] == 0.95
     # The threshold comes from the calibration images, so their empirical FPR is below the cap.
@@ -66,3 +71,33 @@ def test_scorecard_scores_the_labelled_predict_split(demo_run):
         assert 0.0 <= scores["fpr"] <= 1.0 and 0.0 <= scores["recall_ai"] <= 1.0
     for stage in demo_run["stages"]:
         assert stage["peak_rss_mb"] < 4096
+
+
+def test_predict_scores_an_image_as_its_calibration_twin_was_scored(demo_run, monkeypatch):
+    """The predict stages rebuild, from the raw bytes, the centre crop and corner features prepare stored."""
+    import numpy as np
+
+    from aidetect.cleaning import load_prepared
+    from aidetect.crops import square_crop
+    from aidetect.decode import decode_rgb
+    from aidetect.detector import _decode_for_predict, load_detector
+    from aidetect.features import CornerFeatures
+
+    monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(demo_run["artifacts"]))
+    monkeypatch.setenv("AMLS_DATA_DIR", str(demo_run["data_root"] / "data"))
+    prepared = load_prepared("calibration")
+    assert prepared.corners is not None and len(prepared.corners) == len(prepared)
+    assert not (demo_run["artifacts"] / "prepared" / "train" / "corner_offsets.npy").exists()
+    raw = pd.read_parquet(demo_run["data_root"] / "data" / "calibration")
+    images = [decode_rgb(data) for data in raw["image"][:12]]
+    # The first kept images of the split, in order (the demo data has nothing to drop there).
+    assert all(np.array_equal(square_crop(rgb), prepared.crops[i]) for i, rgb in enumerate(images))
+    decoded = [_decode_for_predict((i, data, False, True))[1] for i, data in enumerate(raw["image"][:12])]
+    detector = load_detector("task03")
+    from_predict = detector.score(np.stack([d[0] for d in decoded]), corners=CornerFeatures.stack([d[1] for d in decoded]))
+    rows = prepared.corners.offsets[12]
+    stored = CornerFeatures(prepared.corners.features[:rows], prepared.corners.offsets[:13])
+    from_prepare = detector.score(np.asarray(prepared.crops[:12]), corners=stored)
+    assert np.allclose(from_predict, from_prepare)
+    # Without corners the classical model scores the centre crop alone: a different number for larger images.
+    assert not np.allclose(detector.score(np.asarray(prepared.crops[:12])), from_prepare)

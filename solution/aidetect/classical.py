@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .features import batch_features
+from .features import CornerFeatures, batch_features
 
 
 def make_classifier(kind: str = "logistic"):
@@ -49,3 +49,10 @@ class ClassicalDetector:
 
     def score(self, crops: np.ndarray) -> np.ndarray:
         return self.score_features(batch_features(crops))
+
+    def score_images(self, corners: CornerFeatures) -> np.ndarray:
+        """One score per image: the mean log-odds of its corner crops."""
+        if len(corners) == 0:
+            return np.zeros(0)
+        per_crop = self.score_features(corners.features)
+        return np.array([part.mean() for part in np.split(per_crop, corners.offsets[1:-1])])

@@ -33,6 +33,7 @@ from .crops import CROP_SIZE, square_crop
 from .dataio import atomic_path, count_rows, iter_batches, read_json, validate_split, write_json
 from .decode import decode_rgb, read_size
 from .errors import DataError, DecodeError
+from .features import CornerFeatures, corner_features
 from .labels import SOURCE_CLASSES
 from .parallel import ordered_map
 from .paths import LABELLED_SPLITS, clean_dir, prepared_dir, split_dir
@@ -143,21 +144,32 @@ class PreparedSplit:
     name: str
     crops: np.ndarray | CropFile  # a CropFile when loaded from disk: rows are read on demand
     source_class: np.ndarray
+    corners: CornerFeatures | None = None  # evaluation splits: features of each image's corner crops
 
     def __len__(self):
         return len(self.source_class)
 
 
 def _decode_crop(item: tuple) -> tuple:
-    """Worker: (key, bytes, seed or None) -> (key, crop or None, error)."""
+    """Worker: (key, bytes, seed or None) -> (key, crop or None, (corner features, seconds) or None, error).
+
+    A seed means a training image (a random crop, no corner features); without
+    one the image is an evaluation image: the centre crop and the features of
+    its corner crops (which the classical model also scores at prediction
+    time), with the seconds they took.
+    """
     key, data, seed = item
     try:
-        rng = None if seed is None else np.random.default_rng(seed)
-        return key, square_crop(decode_rgb(data), CROP_SIZE, rng), None
+        rgb = decode_rgb(data)
+        if seed is not None:
+            return key, square_crop(rgb, CROP_SIZE, np.random.default_rng(seed)), None, None
+        started = time.perf_counter()
+        features = corner_features(rgb)
+        return key, square_crop(rgb, CROP_SIZE), (features, time.perf_counter() - started), None
     except DecodeError as exc:
-        return key, None, str(exc)
+        return key, None, None, str(exc)
     except Exception as exc:  # a worker must never stop the stream
-        return key, None, f"{type(exc).__name__}: {exc}"
+        return key, None, None, f"{type(exc).__name__}: {exc}"
 
 
 def _crop_seed(seed: int, file: str, row: int) -> int:
@@ -194,7 +206,7 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
     info_path.unlink(missing_ok=True)  # invalid until complete
     n = len(keep)
     labels = np.zeros(n, dtype=np.int8)
-    index, failed, truncated = [], [], False
+    index, failed, corners, truncated, corner_seconds = [], [], [], False, 0.0
 
     def items():
         for batch in iter_batches(split_dir(split), labelled=True):
@@ -210,7 +222,7 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
         np.lib.format.write_array_header_1_0(crops, {"descr": "|u1", "fortran_order": False, "shape": shape})
         i = 0
         with progress(total=n, desc=f"prepare {split}", deadline=deadline) as bar:
-            for (file, row, source), crop, error in ordered_map(_decode_crop, items()):
+            for (file, row, source), crop, features, error in ordered_map(_decode_crop, items()):
                 bar.update(1)
                 if crop is None:
                     failed.append({"file": file, "row": row, "error": error})
@@ -218,6 +230,9 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
                 if crop.shape != shape[1:] or crop.dtype != np.uint8:
                     raise DataError(f"{split}: crop of {file} row {row} is {crop.dtype}{crop.shape}, not uint8{shape[1:]}")
                 crops.write(np.ascontiguousarray(crop).tobytes())
+                if features is not None:
+                    corners.append(features[0])
+                    corner_seconds += features[1]
                 labels[i] = source
                 index.append((file, row))
                 i += 1
@@ -227,9 +242,15 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
         crops.truncate(crops.tell() + (n - i) * CROP_SIZE * CROP_SIZE * 3)
     if failed:
         log.warning("%s: %d images could not be decoded and were skipped: %s", split, len(failed), failed[:10])
+    if split != "train":
+        stacked = CornerFeatures.stack(corners)
+        for name, array in (("corner_features.npy", stacked.features), ("corner_offsets.npy", stacked.offsets)):
+            with atomic_path(out / name) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, array)
     np.save(out / "labels.npy", labels[:i])
     pd.DataFrame(index, columns=["file", "row"]).to_parquet(out / "index.parquet", index=False)
     info = {"split": split, "n": i, "n_planned": n, "truncated": truncated, "crop_size": CROP_SIZE, "seed": seed,
+            "corner_features": split != "train", "corner_cpu_seconds": corner_seconds,
             "decode_failures": failed[:200], "per_class": {str(c): int((labels[:i] == c).sum()) for c in np.unique(labels[:i])}}
     write_json(info_path, info)
     return info
@@ -245,7 +266,16 @@ def load_prepared(split: str) -> PreparedSplit:
     labels = np.load(folder / "labels.npy")
     if len(labels) != info["n"]:
         raise DataError(f"prepared split {split} at {folder} is inconsistent: run prepare.py again")
-    return PreparedSplit(split, crops, labels.astype(np.int64))
+    corners = None
+    if (folder / "corner_offsets.npy").exists():
+        try:
+            corners = CornerFeatures(np.load(folder / "corner_features.npy"), np.load(folder / "corner_offsets.npy"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"prepared split {split} at {folder} has unreadable corner features ({exc}): "
+                            "run prepare.py again") from exc
+        if len(corners) != info["n"]:
+            raise DataError(f"prepared split {split} at {folder} is inconsistent: run prepare.py again")
+    return PreparedSplit(split, crops, labels.astype(np.int64), corners)
 
 
 def prepared_splits() -> list[str]:
@@ -259,30 +289,36 @@ PREPARE_ORDER = ("calibration", "train", "validation", "calibration_augmented", 
 def prepare_all(recipe: pd.DataFrame, deadline: Deadline, seed: int = 0) -> dict:
     """Prepare every labelled split within the deadline, most needed first.
 
-    Calibration comes first (no threshold without it) and times the decoding;
-    training then gets as many images as the time left allows after the
-    evaluation splits (a stratified subsample when it must), capped at
-    ``MAX_TRAIN_IMAGES``.
+    Calibration comes first (no threshold without it) and times the decoding
+    and the corner features; training then gets as many images as the time
+    left allows after the evaluation splits (a stratified subsample when it
+    must), capped at ``MAX_TRAIN_IMAGES``. Training images cost their decoding
+    only: they get no corner features.
     """
+    from .budget import available_cpus
+
     present = [s for s in PREPARE_ORDER if (recipe["split"] == s).any()]
     kept = recipe[recipe["keep"]].groupby("split").size().to_dict()
-    infos, per_image = {}, None
+    infos, per_image, per_train_image = {}, None, None
     for position, split in enumerate(present):
         limit = None
         if split == "train":
             limit = MAX_TRAIN_IMAGES
             if per_image is not None:
                 later = sum(kept.get(s, 0) for s in present[position + 1 :])
-                affordable = int(0.9 * deadline.remaining() / per_image) - later
+                affordable = int((0.9 * deadline.remaining() - later * per_image) / per_train_image)
                 limit = max(min(limit, affordable), min(kept.get("train", 0), 200))
             if limit < kept.get("train", 0):
                 log.warning("time or space allows %d of %d training images: using a stratified subsample",
                             limit, kept.get("train", 0))
         started = time.monotonic()
         infos[split] = prepare_split(split, recipe, seed=seed, deadline=deadline, limit=limit)
-        if infos[split]["n"]:
-            per_image = (time.monotonic() - started) / infos[split]["n"]
-        log.info("prepared %s: %d crops %s (%s)", split, infos[split]["n"], infos[split]["per_class"], deadline.describe())
+        n = infos[split]["n"]
+        if n and split != "train":
+            per_image = (time.monotonic() - started) / n
+            corner_share = infos[split]["corner_cpu_seconds"] / max(1, available_cpus()) / n
+            per_train_image = max(per_image - corner_share, 0.1 * per_image)
+        log.info("prepared %s: %d crops %s (%s)", split, n, infos[split]["per_class"], deadline.describe())
         if deadline.expired():
             log.warning("time budget used up after %s; the remaining splits are not prepared", split)
             break

@@ -7,6 +7,11 @@ pixels without resampling. Only images smaller than the crop on a side are
 up-scaled (bicubic) to reach it. Crop offsets are multiples of 8, so the crop
 keeps the 2x2 up-sampling grid and the 8x8 JPEG grid of the source, for every
 class alike.
+
+The network sees the centre crop. The classical model also scores the corner
+crops (``corner_crops``: up to four, one where the image is the crop's size)
+and averages their log-odds: a photo larger than the crop is judged on most of
+its pixels, not on its middle alone.
 """
 from __future__ import annotations
 
@@ -52,3 +57,16 @@ def square_crop(rgb: np.ndarray, size: int = CROP_SIZE, rng: np.random.Generator
     top = _aligned_offset(height, size, rng)
     left = _aligned_offset(width, size, rng)
     return np.ascontiguousarray(rgb[top : top + size, left : left + size])
+
+
+def _corner_offsets(extent: int, size: int) -> list[int]:
+    room = extent - size
+    return [0] if room <= 0 else [0, room - room % GRID]
+
+
+def corner_crops(rgb: np.ndarray, size: int = CROP_SIZE) -> list[np.ndarray]:
+    """The crops at the image's corners (grid-aligned): 1, 2 or 4 of them, as many as are distinct."""
+    rgb = ensure_min_side(rgb, size)
+    height, width = rgb.shape[:2]
+    return [np.ascontiguousarray(rgb[top : top + size, left : left + size])
+            for top in _corner_offsets(height, size) for left in _corner_offsets(width, size)]

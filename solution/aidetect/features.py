@@ -18,6 +18,8 @@ import warnings
 import numpy as np
 from scipy.stats import kurtosis
 
+from .crops import corner_crops
+
 N_SPECTRUM_BINS = 24
 
 
@@ -168,6 +170,31 @@ def batch_features(crops) -> np.ndarray:
         return np.zeros((0, len(FEATURE_NAMES)))
     workers = None if len(crops) >= PARALLEL_MIN_CROPS else 1
     return np.stack(list(ordered_map(image_features, (np.asarray(c) for c in crops), workers, chunksize=8)))
+
+
+class CornerFeatures:
+    """Feature rows of the corner crops of several images: image i owns rows offsets[i]:offsets[i + 1]."""
+
+    def __init__(self, features: np.ndarray, offsets: np.ndarray):
+        features, offsets = np.asarray(features, dtype=np.float64), np.asarray(offsets, dtype=np.int64)
+        if (offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(features)
+                or np.any(np.diff(offsets) < 1) or features.shape[1:] != (len(FEATURE_NAMES),)):
+            raise ValueError(f"inconsistent corner features: {features.shape} rows, offsets {offsets[:5]}...")
+        self.features, self.offsets = features, offsets
+
+    @classmethod
+    def stack(cls, per_image: list[np.ndarray]) -> "CornerFeatures":
+        offsets = np.concatenate([[0], np.cumsum([len(rows) for rows in per_image])])
+        features = np.vstack(per_image) if per_image else np.zeros((0, len(FEATURE_NAMES)))
+        return cls(features, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+def corner_features(rgb: np.ndarray) -> np.ndarray:
+    """Feature rows of an image's corner crops, the crops the classical model averages over."""
+    return np.stack([image_features(crop) for crop in corner_crops(rgb)])
 
 
 PARALLEL_MIN_CROPS = 64  # below this, starting worker processes costs more than it saves
