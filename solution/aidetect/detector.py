@@ -41,9 +41,9 @@ DELTA = 0.05  # P(true FPR > MAX_FPR) <= DELTA
 SEED = 0
 
 # TraceNet sees the high-pass residuals only, not the colour image: on the proxy, on the quiet machine, the
-# colour input cost validation AUC (0.858 with it, 0.941 without, same seed and data, benchmark of
-# 2026-11-26; 0.932 without it in a second run with other batch seeds). Colour carries content, a
-# likely reason.
+# colour input cost validation AUC (0.858 with it, 0.941 without, same seed and data, families of the
+# 2026-11-26 04:07 benchmark; 0.932 without it with other batch seeds; 0.959 for the packaged Task-2
+# network of the 05:04 benchmark). Colour carries content, a likely reason.
 TASK02_CONFIG = TrainConfig(policy="neutral", with_rgb=False, epochs=60, patience=12, lr=2e-3, seed=SEED)
 TASK03_CONFIG = TrainConfig(policy="robust", with_rgb=False, clean_fraction=0.3, epochs=30, patience=10, lr=1e-3,
                             seed=SEED)
