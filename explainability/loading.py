@@ -86,7 +86,7 @@ class TaskModel:
     def classical_image_scores(self, data: "ValidationSet") -> np.ndarray:
         """The classical part's score of each image as the detector computes it (over its corner crops when
         the detector was calibrated that way); the perturbation analyses score single crops instead."""
-        corners = data.corners if self.detector.info.get("classical_crops") == "corners" else None
+        corners = data.corners if self.detector.scores_corner_crops else None
         return classical_scores_of(self.classical, np.asarray(data.crops), corners)
 
     def score(self, crops: np.ndarray) -> np.ndarray:

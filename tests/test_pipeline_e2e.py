@@ -78,8 +78,6 @@ def test_predict_scores_an_image_as_its_calibration_twin_was_scored(demo_run, mo
     import numpy as np
 
     from aidetect.cleaning import load_prepared
-    from aidetect.crops import square_crop
-    from aidetect.decode import decode_rgb
     from aidetect.detector import _decode_for_predict, load_detector
     from aidetect.features import CornerFeatures
 
@@ -89,10 +87,9 @@ def test_predict_scores_an_image_as_its_calibration_twin_was_scored(demo_run, mo
     assert prepared.corners is not None and len(prepared.corners) == len(prepared)
     assert not (demo_run["artifacts"] / "prepared" / "train" / "corner_offsets.npy").exists()
     raw = pd.read_parquet(demo_run["data_root"] / "data" / "calibration")
-    images = [decode_rgb(data) for data in raw["image"][:12]]
-    # The first kept images of the split, in order (the demo data has nothing to drop there).
-    assert all(np.array_equal(square_crop(rgb), prepared.crops[i]) for i, rgb in enumerate(images))
     decoded = [_decode_for_predict((i, data, False, True))[1] for i, data in enumerate(raw["image"][:12])]
+    # The first kept images of the split, in order (the demo data has nothing to drop there).
+    assert all(np.array_equal(crop, prepared.crops[i]) for i, (crop, _) in enumerate(decoded))
     detector = load_detector("task03")
     from_predict = detector.score(np.stack([d[0] for d in decoded]), corners=CornerFeatures.stack([d[1] for d in decoded]))
     rows = prepared.corners.offsets[12]

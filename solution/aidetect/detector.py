@@ -126,6 +126,11 @@ class Detector:
             return self.scorer.score(crops, deadline, desc, corners)
         return classical_scores_of(self.scorer, crops, corners)
 
+    @property
+    def scores_corner_crops(self) -> bool:
+        """Whether the threshold was calibrated on corner-crop scores, so images must be scored that way too."""
+        return self.info.get("classical_crops") == CROP_MODES[True]
+
     def predict(self, crops: np.ndarray) -> np.ndarray:
         return self.threshold.predict(self.score(crops))
 
@@ -301,6 +306,7 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     if "calibration" not in splits:
         raise DataError("the calibration split is missing from artifacts/prepared: run prepare.py")
     labels = {name: data.source_class for name, data in splits.items()}
+    corners = uses_corners(task, splits)  # as fit_fallback decides it
     train_idx, holdout_idx = stratified_holdout(train.source_class, config.holdout_fraction, config.seed)
 
     per_crop = feature_seconds_per_crop(np.asarray(train.crops[train_idx[:8]]))
@@ -341,7 +347,7 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     if network is not None and (task_dir(task) / "model_best.pt").exists():
         for name, data in splits.items():
             if name not in classical_scores:
-                classical_scores[name] = classical_split_scores(classical, data, uses_corners(task, splits))
+                classical_scores[name] = classical_split_scores(classical, data, corners)
         metrics["classical_splits"] = evaluate_scores(classical_scores, splits, classical_threshold)
         network_scores = {name: score_crops(network, data.crops, 16, deadline, f"score {name}")
                           for name, data in splits.items()}
@@ -350,13 +356,13 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
         weight, stats = FUSION_WEIGHT, fusion_stats(network, classical, train, holdout_idx)
         fused = FusedScorer(network, classical, weight, stats)
         fused_scores = {name: fused.combine(network_scores[name], classical_scores[name]) for name in splits}
-        metrics["fusion"] = {"weight": weight, "stats": stats, "classical_crops": CROP_MODES[uses_corners(task, splits)]}
+        metrics["fusion"] = {"weight": weight, "stats": stats, "classical_crops": CROP_MODES[corners]}
         kind, final_scores = "fusion", fused_scores
         threshold, per_set = _calibrate(final_scores, labels, task)
         save_detector_description(task, kind, "model_best.pt", threshold, {
             "arch": config.arch, "calibration_sets": per_set, "fit": asdict(fit_result),
             "fusion": {"weight": weight, "stats": stats, "classical": "fallback.pkl"},
-            "classical_crops": CROP_MODES[uses_corners(task, splits)]})
+            "classical_crops": CROP_MODES[corners]})
     metrics.update({"detector": kind, "threshold": threshold.to_dict(),
                     "splits": evaluate_scores(final_scores, splits, threshold),
                     "seconds": time.monotonic() - started})
@@ -399,7 +405,7 @@ def predict_task(task: str, deadline: Deadline, batch_size: int = 16) -> dict:
     row_ids, labels, undecodable, unscored = [], [], [], []
     pending_ids, pending_crops, pending_corners = [], [], []
     # Scored as the threshold was calibrated: with corner crops when the calibration images had them.
-    want_corners = detector is not None and detector.info.get("classical_crops") == "corners"
+    want_corners = detector is not None and detector.scores_corner_crops
 
     def flush():
         if pending_crops:
