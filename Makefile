@@ -7,6 +7,7 @@
 #                 families and the course reference runtime in the same run
 #   make explain, make report - explanations and the report from that run
 #   make bench-families, make bench-attribution - the families alone, the attribution benchmark
+#   make bench-jpeg-bias - the compression cue: the classical model trained with and without it
 #   make submission ID=<student id> - the course zip
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -18,7 +19,7 @@ RUN := runs/demo
 PROXY ?= ../shared/proxy
 DATE := $(shell date +%F)
 
-.PHONY: setup run demo-data test bench bench-families bench-attribution explain report submission lint clean
+.PHONY: setup run demo-data test bench bench-families bench-attribution bench-jpeg-bias explain report submission lint clean
 
 $(STAMP): requirements-dev.txt solution/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +49,10 @@ bench-families: $(STAMP)
 bench-attribution: $(STAMP)
 	$(PY) benchmarks/attribution_bench.py --artifacts $(PROXY_RUN) --data $(PROXY)/data \
 		--out benchmarks/results/$(DATE)-attribution-proxy.json --epochs 6 --run-seconds 320
+
+bench-jpeg-bias: $(STAMP)
+	$(PY) benchmarks/jpeg_bias.py --artifacts $(PROXY_RUN) --data $(PROXY) \
+		--out benchmarks/results/$(DATE)-jpeg-bias-proxy.json
 
 explain: $(STAMP)
 	$(PY) explainability/explain.py --artifacts $(PROXY_RUN) --data $(PROXY)/data --out explainability/output \

@@ -5,7 +5,8 @@
 1. the course reference runtime (SPEC.md), measured first, on the same machine;
 2. the packaged six-stage pipeline through the grading harness with the official
    timeouts (read-only data, no network), scored on the labelled predict split;
-3. the same trained detectors on a shortcut-flipped copy of the predict split;
+3. the same trained detectors on a shortcut-flipped copy of the predict split,
+   and on copies with only one half of the flip (format, geometry) applied;
 4. the model families (classical, TraceNet, course baseline) on the same data and budget.
 
 Writes ``<out>/<date>-proxy.json`` and ``<out>/<date>-proxy.md``; the run's
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from flipped import make_flipped  # noqa: E402
+from flipped import PARTS, VARIANTS, make_flipped  # noqa: E402
 from grade import grade, score_predictions, validate_predictions, read_predict_ids  # noqa: E402
 
 
@@ -41,10 +42,10 @@ def reference_runtime(out_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def score_flipped(run_dir: Path, data_root: Path) -> dict:
-    """Predict the flipped split with the trained artifacts (both tasks) and score it."""
-    flipped_root = make_flipped(data_root, run_dir / "flipped")
-    artifacts = run_dir / "flipped_artifacts"
+def score_flipped(run_dir: Path, data_root: Path, parts: tuple[str, ...] = PARTS, name: str = "flipped") -> dict:
+    """Predict the flipped split (or one with only ``parts`` of the flip) with the trained artifacts and score it."""
+    flipped_root = make_flipped(data_root, run_dir / name, parts=parts)
+    artifacts = run_dir / f"{name}_artifacts"
     shutil.rmtree(artifacts, ignore_errors=True)
     shutil.copytree(run_dir / "artifacts", artifacts)
     env = dict(os.environ, AMLS_DATA_DIR=str(flipped_root / "data"), AMLS_ARTIFACTS_DIR=str(artifacts))
@@ -54,6 +55,28 @@ def score_flipped(run_dir: Path, data_root: Path) -> dict:
         info, preds = validate_predictions(str(artifacts / task / "predictions.csv"), read_predict_ids(str(flipped_root)))
         results[task] = {"valid": info["valid"], "scores": score_predictions(preds, str(flipped_root / "labels" / "predict_labels.parquet"))}
     return results
+
+
+def flip_decomposition(run_dir: Path, data_root: Path) -> dict:
+    """Each half of the flip alone: which one moves the detectors."""
+    return {label: score_flipped(run_dir, data_root, parts, "flip_" + "_".join(parts)) for label, parts in VARIANTS.items()}
+
+
+def flip_table(result: dict) -> list[str]:
+    """Markdown rows: recall_ai and FPR on the predict split, the flip and its halves, with the shift from predict."""
+    card = result["harness"]
+    variants = {"shortcut-flipped": result.get("flipped", {}), **result.get("flip_decomposition", {})}
+    lines = ["", "## Shortcut flip and its halves (predict split; shift = variant minus the normal predict split)", "",
+             "| task | variant | recall_ai | FPR | recall shift | FPR shift |", "|---|---|---|---|---|---|"]
+    for task in ("task02", "task03"):
+        base = card["tasks"][task].get("scores") or {}
+        for label, scored in variants.items():
+            sc = (scored.get(task) or {}).get("scores") or {}
+            if not sc or not base:
+                continue
+            lines.append(f"| {task} | {label} | {fmt(sc['recall_ai'])} | {fmt(sc['fpr'])} | "
+                         f"{sc['recall_ai'] - base['recall_ai']:+.3f} | {sc['fpr'] - base['fpr']:+.3f} |")
+    return lines
 
 
 def families(run_dir: Path, out_dir: Path, budget: float) -> dict:
@@ -71,6 +94,7 @@ def markdown(result: dict) -> str:
     card = result["harness"]
     lines = [f"# Proxy benchmark, {result['date']}", "",
              f"Machine: {result['machine']['cpu']} ({result['machine']['nproc']} cores); command: `{result['command']}`", "",
+             *([f"Note: {result['note']}.", ""] if result.get("note") else []),
              "## Stages (official timeouts, read-only data, no network)", "",
              "| stage | timeout s | wall s | exit | peak MB |", "|---|---|---|---|---|"]
     for s in card["stages"]:
@@ -90,6 +114,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {task} | predict (labelled) | {fmt(sc.get('recall_ai'))} | {fmt(sc.get('fpr'))} | |")
         fl = (result.get("flipped", {}).get(task) or {}).get("scores") or {}
         lines.append(f"| {task} | predict, shortcut-flipped | {fmt(fl.get('recall_ai'))} | {fmt(fl.get('fpr'))} | |")
+    if result.get("flip_decomposition"):
+        lines += flip_table(result)
     parts = result.get("components", {})
     if parts:
         lines += ["", "## Effect of each modelling choice (the packaged run's own models, same thresholds rule)", "",
@@ -136,9 +162,21 @@ def assemble(args) -> int:
               "machine": {"cpu": cpu_name(), "nproc": os.cpu_count(), "host": platform.node()},
               "reference": json.loads((run_dir / "reference_runtime.json").read_text()),
               "harness": json.loads((run_dir / "scorecard.json").read_text())}
+    previous = out_dir / f"{date}-proxy.json"  # the run's own result, if this re-assembles it: keep its command
+    previous = json.loads(previous.read_text()) if previous.exists() else {}
+    same_run = (previous.get("harness") or {}).get("date") == result["harness"].get("date")
+    run_command = previous.get("run_command") or previous.get("command") if same_run else None
+    if run_command:
+        result["run_command"] = run_command
+    result["note"] = (f"assembled at {time.strftime('%Y-%m-%d %H:%M')} from the run in {run_dir.name} (its stages, "
+                      f"reference and families; commit {result['harness'].get('git_commit')}"
+                      + (f"; run by `{run_command}`" if run_command else "")
+                      + "); the flipped splits were scored now with that run's artifacts")
     result["components"] = components(run_dir)
     step("shortcut-flipped predict split")
     result["flipped"] = score_flipped(run_dir, data_root)
+    step("the flip's halves alone")
+    result["flip_decomposition"] = flip_decomposition(run_dir, data_root)
     if args.families_json:
         result["families"] = json.loads(Path(args.families_json).read_text())
     (out_dir / f"{date}-proxy.json").write_text(json.dumps(result, indent=2, default=str))
@@ -181,6 +219,8 @@ def main(argv=None) -> int:
     result["components"] = components(run_dir)
     step("shortcut-flipped predict split")
     result["flipped"] = score_flipped(run_dir, data_root)
+    step("the flip's halves alone")
+    result["flip_decomposition"] = flip_decomposition(run_dir, data_root)
     if not args.skip_families:
         step("model families")
         result["families"] = families(run_dir, run_dir, args.family_budget)

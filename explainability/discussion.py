@@ -448,7 +448,7 @@ def _shortcuts(summary) -> str:
                             "decoded to the same RGB pixels first." if shift < 1e-6 else
                             f"moves scores by up to {num(shift, 3)} on average under lossless re-encoding: "
                             "something other than pixels reaches the model, which is a bug to chase."))
-        for variant in ("jpeg_q75", "jpeg_q50", "resize_x1.5"):
+        for variant in ("jpeg_q95", "jpeg_q75", "jpeg_q50", "resize_x1.5"):
             reading = _reading(variants.get(variant), variant)
             if reading:
                 lines.append(f"  - {reading}")

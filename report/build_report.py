@@ -984,12 +984,15 @@ def timing_table(scorecard: dict | None, metrics: dict) -> dict:
     return _table(["stage", "timeout s", "wall s", "peak MB", "status"], rows, note=note)
 
 
-def holdout_table(scorecard: dict | None, flipped: dict | None) -> dict:
-    """Scores of the predictions files on the labelled predict split, and on its shortcut-flipped copy."""
+def holdout_table(scorecard: dict | None, flipped: dict | None, halves: dict | None = None) -> dict:
+    """Scores of the predictions files on the labelled predict split, its shortcut-flipped copy and the flip's halves."""
     rows = []
     sources = [("predict", dig(scorecard, "tasks"), scorecard is None)]
     if flipped is not None:
         sources.append(("flipped", flipped, False))
+    for half, tasks in (halves or {}).items():
+        if isinstance(tasks, dict):
+            sources.append((f"flip: {half}", tasks, False))
     for name, tasks, missing in sources:
         for task in TASKS:
             label = TASK_NAMES[task].split(" (")[0]
@@ -1308,7 +1311,9 @@ def collect(artifacts: Path, bench: Path | None, explain: Path | None, build: Pa
     values.update(attr["values"])
     tables.update(attr["tables"])
     flipped = find_key(documents, "flipped", max_depth=1)
-    tables["holdout"] = holdout_table(scorecard, flipped if isinstance(flipped, dict) else None)
+    halves = find_key(documents, "flip_decomposition", max_depth=1)
+    tables["holdout"] = holdout_table(scorecard, flipped if isinstance(flipped, dict) else None,
+                                      halves if isinstance(halves, dict) else None)
 
     figures = {}
     for name in EXPLORATION_FIGURES:
@@ -1345,7 +1350,8 @@ def collect(artifacts: Path, bench: Path | None, explain: Path | None, build: Pa
                 "families": families is not None, "summary": summary is not None,
                 "discussion": discussion is not None, "attribution": attribution_main is not None,
                 "attribution_generic": attribution is not None and attribution_main is None,
-                "logo": logo is not None, "flipped": isinstance(flipped, dict)},
+                "logo": logo is not None, "flipped": isinstance(flipped, dict),
+                "flip_halves": isinstance(halves, dict)},
     }
 
 
