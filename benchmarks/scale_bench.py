@@ -187,13 +187,25 @@ def print_table(runs: list[dict]) -> None:
                   f"fpr={t['fpr']}")
 
 
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def markdown(result: dict) -> str:
     """Tables of a scale result: stage times and memory per run, then the tasks' outcomes."""
     mb = lambda v: "" if v is None else f"{v:.0f}"  # noqa: E731
     rate = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"# Scale and time-budget benchmark, {result['date'][:10]}", "",
              f"Machine: {result['machine']['cpu_model']} ({result['machine']['nproc']} cores). Data: "
-             f"`{result['data']}` replicated (x1 = as is; {result['note']}).", "",
+             f"`{result['data']}` replicated (x1 = as is; {result['note']})."
+             + (f" Command: `{result['command']}`" if result.get("command") else "")
+             + (f", commit {result['git_commit'][:7]}." if result.get("git_commit") else ""), "",
              "Memory columns: `peak` = the harness's `peak_rss_mb`, the larger of the largest sum of RSS over the "
              "stage's process tree (a page that a forked worker shares with its parent counts once per process) "
              "and the largest process; `max process` = the largest "
@@ -248,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {"cpu_model": _cpu_model(), "nproc": os.cpu_count(), "python": platform.python_version()},
         "data": str(data_root), "factors": factors, "timeout_scales": scales,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "git_commit": _git_commit(),
         "replication": {}, "runs": [],
         "note": "copy k of an image = a symmetry of the square (+ an 8 px border cut from k >= 8), re-encoded in "
                 "its own format; peak_rss_mb from the harness (process-tree RSS and kernel high-water marks)",
