@@ -45,8 +45,6 @@ def flip_image(data: bytes, source_class: int, rng: np.random.Generator, parts: 
             side = min(width, height)
             left, top = (width - side) // 2, (height - side) // 2
             image = image.crop((left, top, left + side, top + side))
-        if "format" not in parts and "geometry" not in parts:
-            return data
         image.save(buffer, format="PNG")  # lossless: only the container changes
     else:
         # Cut a 4:3 (or 3:4) window out of the square generated image.

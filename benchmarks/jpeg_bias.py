@@ -25,7 +25,6 @@ predict split and its format-only half (generated images saved as JPEG, nothing 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -48,10 +47,9 @@ SPLITS = ("validation", "validation_augmented", "predict", "predict, flipped", "
 def jpeg_array(crop: np.ndarray, quality: int) -> np.ndarray:
     from PIL import Image
 
-    buffer = io.BytesIO()
-    Image.fromarray(crop).save(buffer, format="JPEG", quality=int(quality))
-    buffer.seek(0)
-    return np.asarray(Image.open(buffer).convert("RGB"))
+    from aidetect.augment import jpeg
+
+    return np.asarray(jpeg(Image.fromarray(crop), quality))
 
 
 def training_formats(artifacts: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -117,13 +115,13 @@ def run(artifacts: Path, data_root: Path, tasks: tuple[str, ...]) -> dict:
         extra = predict_sets(data_root, Path(tmp))
     labels = {name: data.source_class for name, data in splits.items()}
     labels.update({name: y for name, (_, y) in extra.items()})
+    crops = np.asarray(train.crops[np.arange(len(train))])  # in memory once: the debiased variants copy it
     result = {"real_training_jpeg_quality": {"median": float(np.median(qualities)), "n": int(len(qualities))},
               "generated_training_jpeg_files": int((is_jpeg & (train.source_class > 0)).sum()),
               "generated_training_images": int((train.source_class > 0).sum()), "tasks": {}}
     for task in tasks:
         config = D.TASK02_CONFIG if task == "task02" else D.TASK03_CONFIG
         train_idx, _ = stratified_holdout(train.source_class, config.holdout_fraction, config.seed)
-        crops = np.asarray(train.crops[np.arange(len(train))])
         result["tasks"][task] = {}
         for variant in VARIANTS:
             t0 = time.monotonic()

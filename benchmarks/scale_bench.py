@@ -40,7 +40,7 @@ from PIL import Image, JpegImagePlugin
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
-from grade import _atomic_write_text, _cpu_model, grade  # noqa: E402
+from grade import _atomic_write_text, _cpu_model, _git_info, grade  # noqa: E402
 
 SPLITS = ("train", "calibration", "calibration_augmented", "validation", "validation_augmented", "predict")
 SYMMETRIES = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180,
@@ -187,16 +187,6 @@ def print_table(runs: list[dict]) -> None:
                   f"fpr={t['fpr']}")
 
 
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def markdown(result: dict) -> str:
     """Tables of a scale result: stage times and memory per run, then the tasks' outcomes."""
     mb = lambda v: "" if v is None else f"{v:.0f}"  # noqa: E731
@@ -260,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {"cpu_model": _cpu_model(), "nproc": os.cpu_count(), "python": platform.python_version()},
         "data": str(data_root), "factors": factors, "timeout_scales": scales,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "git_commit": _git_commit(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "git_commit": _git_info(str(REPO))["commit"],
         "replication": {}, "runs": [],
         "note": "copy k of an image = a symmetry of the square (+ an 8 px border cut from k >= 8), re-encoded in "
                 "its own format; peak_rss_mb from the harness (process-tree RSS and kernel high-water marks)",
