@@ -953,6 +953,10 @@ def code_values() -> dict:
             values[f"{prefix}.noise_p"] = f"{policy.noise_p:g}"
             values[f"{prefix}.noise_sigma"] = f"{policy.noise_sigma[0]:g}\u2013{policy.noise_sigma[1]:g}"
             values[f"{prefix}.colour_p"] = f"{policy.colour_p:g}"
+            values[f"{prefix}.area_p"] = f"{policy.area_p:g}"
+            values[f"{prefix}.area"] = f"{policy.area[0]:g}\u2013{policy.area[1]:g}"
+        values["code.train_views"] = str(cleaning.TRAIN_VIEWS)
+        values["code.view_window"] = str(cleaning.VIEW_WINDOW)
         logistic = __import__("aidetect.classical", fromlist=["make_classifier"]).make_classifier("logistic")
         values["code.logistic_c"] = f"{logistic[-1].C:g}"
     except Exception as exc:  # the report still builds without the package

@@ -7,6 +7,11 @@ what the augmented splits and real users do to images: JPEG down to quality
 30, blur, rescaling (up-scaling; down-scaling too for views smaller than the
 stored crop), noise, colour changes and crops (CNNDetection, Wang et al.
 2020, with wider ranges).
+
+``augment`` changes a stored crop (what the network trains on). A stored crop
+cannot be down-scaled and stay a full-size crop, so ``image_view`` applies the
+same changes to the whole decoded image, down-scaling included, before
+prepare cuts its crop: the robust views of the classical model.
 """
 from __future__ import annotations
 
@@ -32,11 +37,14 @@ class AugmentPolicy:
     noise_sigma: tuple[float, float] = (1.0, 6.0)
     colour_p: float = 0.0
     crop_size: int = TRAIN_CROP
+    area_p: float = 0.0  # image_view only: keep a random part of the image ...
+    area: tuple[float, float] = (0.8, 0.95)  # ... of this side fraction
 
 
 NEUTRAL = AugmentPolicy("neutral", jpeg_p=0.7, jpeg_quality=(70, 100))
 ROBUST = AugmentPolicy(
     "robust", jpeg_p=0.8, jpeg_quality=(30, 100), blur_p=0.4, rescale_p=0.5, noise_p=0.25, colour_p=0.3,
+    area_p=0.3,
 )
 POLICIES = {p.name: p for p in (NEUTRAL, ROBUST)}
 
@@ -60,18 +68,13 @@ def random_crop(array: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return array[top : top + size, left : left + size]
 
 
-def augment(crop: np.ndarray, policy: AugmentPolicy, rng: np.random.Generator) -> np.ndarray:
-    """One random training view (``policy.crop_size`` square, uint8 RGB) of a stored crop."""
-    image = Image.fromarray(crop)
+def _degrade(image: Image.Image, policy: AugmentPolicy, rng: np.random.Generator, min_side: int) -> np.ndarray:
+    """Rescaling (never below ``min_side`` px), blur, colour and noise, each with its policy's probability."""
     if rng.random() < policy.rescale_p:
         factor = float(rng.uniform(*policy.rescale))
-        # Never below the crop: for the network's 128-px views of a 256-px crop a factor down to 0.5 is
-        # a real down-scaling; for full-size (256-px) views only factors above 1 change anything. A
-        # down-then-up view (what prepare makes of a small image) was tried for the classical model on
-        # the proxy and did not help (notes of issue 3, 2026-11-26), so it is not used.
-        new = max(policy.crop_size, round(image.width * factor))
         resample = Image.BILINEAR if rng.random() < 0.5 else Image.BICUBIC
-        image = image.resize((new, new), resample)
+        scale = max(factor, min_side / min(image.size))
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
     if rng.random() < policy.blur_p:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(*policy.blur_sigma))))
     if rng.random() < policy.colour_p:
@@ -81,11 +84,41 @@ def augment(crop: np.ndarray, policy: AugmentPolicy, rng: np.random.Generator) -
     if rng.random() < policy.noise_p:
         noise = rng.normal(0.0, float(rng.uniform(*policy.noise_sigma)), array.shape)
         array = np.clip(array + noise, 0, 255).astype(np.uint8)
-    array = random_crop(array, policy.crop_size, rng)
+    return array
+
+
+def augment(crop: np.ndarray, policy: AugmentPolicy, rng: np.random.Generator) -> np.ndarray:
+    """One random training view (``policy.crop_size`` square, uint8 RGB) of a stored crop."""
+    # Rescaling never goes below the crop: for the network's 128-px views of a 256-px crop a factor down to
+    # 0.5 is a real down-scaling; for full-size (256-px) views only factors above 1 change anything
+    # (``image_view`` down-scales whole images).
+    array = random_crop(_degrade(Image.fromarray(crop), policy, rng, policy.crop_size), policy.crop_size, rng)
     # JPEG last, on the final crop, as a user's re-upload would do it.
     if rng.random() < policy.jpeg_p:
         array = np.asarray(jpeg(Image.fromarray(array), int(rng.integers(*policy.jpeg_quality, endpoint=True))))
     if rng.random() < 0.5:
         array = array[:, ::-1]
     array = np.rot90(array, int(rng.integers(0, 4)))
+    return np.ascontiguousarray(array)
+
+
+MIN_VIEW_SIDE = 16  # px: image_view never shrinks an image below this
+
+
+def image_view(rgb: np.ndarray, policy: AugmentPolicy, rng: np.random.Generator) -> np.ndarray:
+    """A random view of a whole decoded image (uint8 RGB, any size), changed as users and the augmented
+    splits change images: a part of it kept, rescaled down or up, blurred, colour-changed, noised, and
+    saved as JPEG last. The caller cuts its crop from it as prepare does (``crops.square_crop``), so a
+    small result is up-scaled to the crop exactly as prepare up-scales a small image.
+    """
+    image = Image.fromarray(rgb)
+    if rng.random() < policy.area_p:
+        fraction = float(rng.uniform(*policy.area))
+        width, height = max(1, round(image.width * fraction)), max(1, round(image.height * fraction))
+        left = int(rng.integers(0, image.width - width + 1))
+        top = int(rng.integers(0, image.height - height + 1))
+        image = image.crop((left, top, left + width, top + height))
+    array = _degrade(image, policy, rng, min(MIN_VIEW_SIDE, *image.size))
+    if rng.random() < policy.jpeg_p:
+        array = np.asarray(jpeg(Image.fromarray(array), int(rng.integers(*policy.jpeg_quality, endpoint=True))))
     return np.ascontiguousarray(array)

@@ -39,7 +39,7 @@ def ensure_min_side(rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.BICUBIC))
 
 
-def _aligned_offset(extent: int, size: int, rng: np.random.Generator | None) -> int:
+def aligned_offset(extent: int, size: int, rng: np.random.Generator | None) -> int:
     room = extent - size
     if room <= 0:
         return 0
@@ -54,8 +54,8 @@ def square_crop(rgb: np.ndarray, size: int = CROP_SIZE, rng: np.random.Generator
     """A ``size`` x ``size`` crop: centred when ``rng`` is None, else random."""
     rgb = ensure_min_side(rgb, size)
     height, width = rgb.shape[:2]
-    top = _aligned_offset(height, size, rng)
-    left = _aligned_offset(width, size, rng)
+    top = aligned_offset(height, size, rng)
+    left = aligned_offset(width, size, rng)
     return np.ascontiguousarray(rgb[top : top + size, left : left + size])
 
 

@@ -183,34 +183,54 @@ CLASSICAL_VIEWS = {"task02": "neutral", "task03": "robust"}
 FEATURE_CHUNK = 256  # crops in memory at a time while computing training features
 
 
+def stored_views(task: str, train: PreparedSplit, indices: np.ndarray) -> np.ndarray | None:
+    """Rows of ``indices`` whose robust views prepare stored, if the task learns from them (Task 3)."""
+    if CLASSICAL_VIEWS[task] != "robust" or train.views is None:
+        return None
+    made = indices[np.isfinite(train.views[indices]).all(axis=(1, 2))]
+    return made if len(made) else None
+
+
 def classical_training_features(task: str, train: PreparedSplit, indices: np.ndarray,
                                 seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels the classical model learns from: each clean crop plus one augmented view of it.
+    """Features and labels the classical model learns from: each clean crop plus augmented views.
 
-    Task 2 adds a ``neutral`` view (JPEG re-encoding of both classes, flips),
-    so that "was it compressed" tells the features nothing about the class;
-    Task 3 adds a ``robust`` view. Views keep the full crop size, the size the
-    features are computed on at prediction time. Crops are read in chunks, so
-    memory does not grow with the training set.
+    Task 2 adds one ``neutral`` view of each stored crop (JPEG re-encoding of
+    both classes, flips), so that "was it compressed" tells the features
+    nothing about the class. Task 3 learns from the robust views prepare made
+    of the whole images (``cleaning.view_features``: down-scaling included);
+    without them (data prepared by older code) from one ``robust`` view of each
+    stored crop. Views keep the full crop size, the size the features are
+    computed on at prediction time. Crops are read in chunks, so memory does
+    not grow with the training set.
     """
     from dataclasses import replace
 
     from .augment import POLICIES, augment
 
+    indices = np.sort(indices)  # consecutive rows are read from the crop file in one go
+    labels = binary_label(train.source_class[indices])
+    with_views = stored_views(task, train, indices)
     policy = replace(POLICIES[CLASSICAL_VIEWS[task]], crop_size=CROP_SIZE)
     rng = np.random.default_rng([seed, 2 if task == "task02" else 3])
-    indices = np.sort(indices)  # consecutive rows are read from the crop file in one go
     clean, views = [np.zeros((0, len(FEATURE_NAMES)))], [np.zeros((0, len(FEATURE_NAMES)))]
     for start in range(0, len(indices), FEATURE_CHUNK):
         crops = np.asarray(train.crops[indices[start : start + FEATURE_CHUNK]])
         clean.append(batch_features(crops))
-        views.append(batch_features([augment(crop, policy, rng) for crop in crops]))
-    return np.vstack(clean + views), np.tile(binary_label(train.source_class[indices]), 2)
+        if with_views is None:
+            views.append(batch_features([augment(crop, policy, rng) for crop in crops]))
+    if with_views is None:
+        return np.vstack(clean + views), np.tile(labels, 2)
+    stored = train.views[with_views].astype(np.float64)
+    view_labels = np.repeat(binary_label(train.source_class[with_views]), stored.shape[1])
+    return (np.vstack(clean + [stored.reshape(-1, stored.shape[2])]),
+            np.concatenate([labels, view_labels]))
 
 
 FALLBACK_SHARE = 0.25  # at most this share of the stage's remaining time goes to the fallback
 MIN_FALLBACK_TRAIN = 200  # images: below this the fallback is not worth having, whatever the budget
 VIEW_COST = 2.5  # a training image costs its clean crop, its augmented view and the augmentation itself
+STORED_VIEW_COST = 1.2  # ... or its clean crop only, when prepare stored its views
 
 
 def feature_seconds_per_crop(crops: np.ndarray) -> float:
@@ -241,7 +261,8 @@ def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: d
         per_crop = feature_seconds_per_crop(np.asarray(train.crops[indices[:8]]))
     required = [name for name in TASK_CALIBRATION_SPLITS[task] if name in splits]
     room = budget - per_crop * sum(len(splits[name]) for name in required)
-    limit = max(MIN_FALLBACK_TRAIN, int(room / (VIEW_COST * per_crop)))
+    cost = STORED_VIEW_COST if stored_views(task, train, indices) is not None else VIEW_COST
+    limit = max(MIN_FALLBACK_TRAIN, int(room / (cost * per_crop)))
     if len(indices) > limit:
         _, keep = stratified_holdout(train.source_class[indices], limit / len(indices), seed, max_size=limit)
         log.info("fallback: %d of %d training images fit in its %.0fs budget", len(keep), len(indices), budget)
