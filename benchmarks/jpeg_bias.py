@@ -9,7 +9,10 @@ generated training images like the real ones. This benchmark measures that trade
 run's prepared crops, for the classical model (gradient boosting on the 87 features, corner-crop image
 scores, the packaged threshold rule), trained as
 
-- ``packaged``: clean crop + one view of the task's policy (what ``train.py`` does);
+- ``packaged``: clean crop + one view of the task's policy made from the stored crop (what ``train.py``
+  does for Task 2, and did for Task 3 before it learnt from the whole-image views that prepare stores,
+  commit f16ee39: those views are made from the original images and cannot be debiased here, so every
+  Task-3 variant below uses crop views, and the Task-3 numbers describe that earlier training);
 - ``debiased (real qualities)``: generated training crops that were not JPEG files are first JPEG-compressed
   at a quality drawn from the real training photos' estimated qualities (clean stage's metadata), so
   the share and strength of compression match between the classes; then as packaged;
