@@ -8,7 +8,7 @@ import pytest
 
 from stagerun import encode, noise_image, write_labelled_file
 
-from aidetect.augment import MIN_VIEW_SIDE, ROBUST, AugmentPolicy, image_view
+from aidetect.augment import MIN_VIEW_SIDE, AugmentPolicy, image_view
 from aidetect.cleaning import (TRAIN_VIEWS, PreparedSplit, build_recipe, load_prepared, plan_training,
                                prepare_split, view_features)
 from aidetect.detector import classical_training_features
