@@ -73,13 +73,16 @@ def test_prepare_stores_views_of_training_images_and_leaves_their_crops_alone(tm
         assert np.array_equal(np.asarray(other.crops[:]), np.asarray(full.crops[:]))
 
 
-def test_prepared_views_of_the_wrong_shape_are_refused(tmp_path, monkeypatch):
+def test_prepared_views_of_the_wrong_shape_or_unreadable_are_refused(tmp_path, monkeypatch):
     _small_training_split(tmp_path)
     monkeypatch.setenv("AMLS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     prepare_split("train", build_recipe(), seed=0)
     np.save(tmp_path / "artifacts" / "prepared" / "train" / "view_features.npy", np.zeros((5, 2, 3), np.float32))
     with pytest.raises(DataError, match="view features of shape"):
+        load_prepared("train")
+    (tmp_path / "artifacts" / "prepared" / "train" / "view_features.npy").write_bytes(b"not an array")
+    with pytest.raises(DataError, match="unreadable view features"):
         load_prepared("train")
 
 

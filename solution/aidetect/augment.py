@@ -87,15 +87,20 @@ def _degrade(image: Image.Image, policy: AugmentPolicy, rng: np.random.Generator
     return array
 
 
+def _maybe_jpeg(array: np.ndarray, policy: AugmentPolicy, rng: np.random.Generator) -> np.ndarray:
+    """JPEG re-encoding with the policy's probability, at a quality drawn from its range."""
+    if rng.random() < policy.jpeg_p:
+        return np.asarray(jpeg(Image.fromarray(array), int(rng.integers(*policy.jpeg_quality, endpoint=True))))
+    return array
+
+
 def augment(crop: np.ndarray, policy: AugmentPolicy, rng: np.random.Generator) -> np.ndarray:
     """One random training view (``policy.crop_size`` square, uint8 RGB) of a stored crop."""
     # Rescaling never goes below the crop: for the network's 128-px views of a 256-px crop a factor down to
     # 0.5 is a real down-scaling; for full-size (256-px) views only factors above 1 change anything
     # (``image_view`` down-scales whole images).
     array = random_crop(_degrade(Image.fromarray(crop), policy, rng, policy.crop_size), policy.crop_size, rng)
-    # JPEG last, on the final crop, as a user's re-upload would do it.
-    if rng.random() < policy.jpeg_p:
-        array = np.asarray(jpeg(Image.fromarray(array), int(rng.integers(*policy.jpeg_quality, endpoint=True))))
+    array = _maybe_jpeg(array, policy, rng)  # last, on the final crop, as a user's re-upload would do it
     if rng.random() < 0.5:
         array = array[:, ::-1]
     array = np.rot90(array, int(rng.integers(0, 4)))
@@ -119,6 +124,4 @@ def image_view(rgb: np.ndarray, policy: AugmentPolicy, rng: np.random.Generator)
         top = int(rng.integers(0, image.height - height + 1))
         image = image.crop((left, top, left + width, top + height))
     array = _degrade(image, policy, rng, min(MIN_VIEW_SIDE, *image.size))
-    if rng.random() < policy.jpeg_p:
-        array = np.asarray(jpeg(Image.fromarray(array), int(rng.integers(*policy.jpeg_quality, endpoint=True))))
-    return np.ascontiguousarray(array)
+    return np.ascontiguousarray(_maybe_jpeg(array, policy, rng))  # JPEG last

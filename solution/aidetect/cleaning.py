@@ -324,22 +324,23 @@ def load_prepared(split: str) -> PreparedSplit:
     labels = np.load(folder / "labels.npy")
     if len(labels) != info["n"]:
         raise DataError(f"prepared split {split} at {folder} is inconsistent: run prepare.py again")
+
+    def read(what: str, build):
+        try:
+            return build()
+        except (OSError, ValueError) as exc:
+            raise DataError(f"prepared split {split} at {folder} has unreadable {what} ({exc}): "
+                            "run prepare.py again") from exc
+
     corners = None
     if (folder / "corner_offsets.npy").exists():
-        try:
-            corners = CornerFeatures(np.load(folder / "corner_features.npy"), np.load(folder / "corner_offsets.npy"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"prepared split {split} at {folder} has unreadable corner features ({exc}): "
-                            "run prepare.py again") from exc
+        corners = read("corner features", lambda: CornerFeatures(np.load(folder / "corner_features.npy"),
+                                                                 np.load(folder / "corner_offsets.npy")))
         if len(corners) != info["n"]:
             raise DataError(f"prepared split {split} at {folder} is inconsistent: run prepare.py again")
     views = None
     if (folder / "view_features.npy").exists():
-        try:
-            views = np.load(folder / "view_features.npy")
-        except (OSError, ValueError) as exc:
-            raise DataError(f"prepared split {split} at {folder} has unreadable view features ({exc}): "
-                            "run prepare.py again") from exc
+        views = read("view features", lambda: np.load(folder / "view_features.npy"))
         if views.ndim != 3 or len(views) != info["n"] or views.shape[2] != len(FEATURE_NAMES):
             raise DataError(f"prepared split {split} at {folder} has view features of shape {views.shape} "
                             f"for {info['n']} images: run prepare.py again")
@@ -354,7 +355,7 @@ MAX_TRAIN_IMAGES = 20_000  # ~4 GB of crops; more would not be seen in the train
 PREPARE_ORDER = ("calibration", "train", "validation", "calibration_augmented", "validation_augmented")
 
 
-VIEW_COST = 1.5  # a robust view costs its features and ~half as much again (resizing and JPEG of a whole image)
+VIEW_FEATURE_COST = 1.5  # a robust view costs its features and ~half as much again (resizing, JPEG of an image)
 
 
 def plan_training(n_train: int, seconds: float, per_image: float, per_view_image: float) -> tuple[int, float]:
@@ -406,7 +407,7 @@ def prepare_all(recipe: pd.DataFrame, deadline: Deadline, seed: int = 0) -> dict
             feature_share = infos[split]["feature_cpu_seconds"] / cpus / n
             per_train_image = max(per_image - feature_share, 0.1 * per_image)
             per_crop = infos[split]["feature_cpu_seconds"] / cpus / max(1, infos[split]["corner_crops"])
-            per_view_image = VIEW_COST * TRAIN_VIEWS * per_crop
+            per_view_image = VIEW_FEATURE_COST * TRAIN_VIEWS * per_crop
         log.info("prepared %s: %d crops %s (%s)", split, n, infos[split]["per_class"], deadline.describe())
         if deadline.expired():
             log.warning("time budget used up after %s; the remaining splits are not prepared", split)

@@ -219,12 +219,12 @@ def classical_training_features(task: str, train: PreparedSplit, indices: np.nda
         clean.append(batch_features(crops))
         if with_views is None:
             views.append(batch_features([augment(crop, policy, rng) for crop in crops]))
-    if with_views is None:
-        return np.vstack(clean + views), np.tile(labels, 2)
-    stored = train.views[with_views].astype(np.float64)
-    view_labels = np.repeat(binary_label(train.source_class[with_views]), stored.shape[1])
-    return (np.vstack(clean + [stored.reshape(-1, stored.shape[2])]),
-            np.concatenate([labels, view_labels]))
+    view_labels = labels
+    if with_views is not None:
+        stored = train.views[with_views].astype(np.float64)
+        views = [stored.reshape(-1, stored.shape[2])]
+        view_labels = np.repeat(binary_label(train.source_class[with_views]), stored.shape[1])
+    return np.vstack(clean + views), np.concatenate([labels, view_labels])
 
 
 FALLBACK_SHARE = 0.25  # at most this share of the stage's remaining time goes to the fallback
