@@ -8,6 +8,7 @@
 #   make explain, make report - explanations and the report from that run
 #   make bench-families, make bench-attribution - the families alone, the attribution benchmark
 #   make bench-jpeg-bias - the compression cue: the classical model trained with and without it
+#   make bench-calibration - Task 2 and Task 3 compared under the same threshold rule
 #   make submission ID=<student id> - the course zip
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -19,7 +20,7 @@ RUN := runs/demo
 PROXY ?= ../shared/proxy
 DATE := $(shell date +%F)
 
-.PHONY: setup run demo-data test bench bench-families bench-attribution bench-jpeg-bias explain report submission lint clean
+.PHONY: setup run demo-data test bench bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
 
 $(STAMP): requirements-dev.txt solution/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +54,10 @@ bench-attribution: $(STAMP)
 bench-jpeg-bias: $(STAMP)
 	$(PY) benchmarks/jpeg_bias.py --artifacts $(PROXY_RUN) --data $(PROXY) \
 		--out benchmarks/results/$(DATE)-jpeg-bias-proxy.json
+
+bench-calibration: $(STAMP)
+	$(PY) benchmarks/same_calibration.py --artifacts $(PROXY_RUN) \
+		--out benchmarks/results/$(DATE)-same-calibration-proxy.json
 
 explain: $(STAMP)
 	$(PY) explainability/explain.py --artifacts $(PROXY_RUN) --data $(PROXY)/data --out explainability/output \
