@@ -93,7 +93,7 @@ def _cell(m: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-    tasks = result["tasks"]
+    tasks = result["same_rule"]
     lines = [f"# Task 2 and Task 3 under the same threshold rule, {result['date']}", "",
              f"Machine: {result['machine']['cpu']} ({result['machine']['nproc']} cores); command: "
              f"`{result['command']}`; artifacts: `{result['artifacts']}`; {result['seconds']:.0f} s.", "",
@@ -137,14 +137,14 @@ def main(argv=None) -> int:
     result = {"date": time.strftime("%Y-%m-%d"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "machine": {"cpu": cpu_name(), "nproc": os.cpu_count(), "host": platform.node()},
               "artifacts": str(artifacts)}
-    result["tasks"] = run(artifacts)
+    result["same_rule"] = run(artifacts)
     result["seconds"] = round(time.monotonic() - started, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
-    return 0 if all(r["reproduces_packaged"] for r in result["tasks"].values()) else 1
+    return 0 if all(r["reproduces_packaged"] for r in result["same_rule"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -1008,7 +1008,43 @@ def holdout_table(scorecard: dict | None, flipped: dict | None, halves: dict | N
             rows.append([label, name, NOT_AVAILABLE if valid is None else ("yes" if valid else "NO"),
                          *(cell(scores, (key,), fmt) if scores else NOT_AVAILABLE for key, fmt in
                            (("n", fmt_int), ("recall_ai", fmt_rate), ("fpr", fmt_rate), ("accuracy", fmt_rate)))])
-    return _table(["detector", "split", "valid", "n", "recall AI", "FPR", "accuracy"], rows, align="llcrrrr")
+    return _table(["detector", "split", "valid", "n", "recall AI", "FPR", "acc."], rows, align="llcrrrr")
+
+
+SAME_RULE_NAMES = {"calibration": "clean", "calibration + calibration_augmented": "both"}
+SAME_RULE_VALUES = ("same.clean.gap_val", "same.clean.gap_aug", "same.strict.gap_val", "same.strict.gap_aug",
+                    "same.t3.aug_oracle")
+
+
+def same_rule_section(same_rule) -> dict:
+    """Task 2 and Task 3 under both threshold rules (``benchmarks/same_calibration.py``): table and sentence values."""
+    if not isinstance(same_rule, dict) or not all(isinstance(same_rule.get(t), dict) for t in TASKS):
+        return {"tables": {}, "values": {key: NOT_RUN for key in SAME_RULE_VALUES}}
+    rows, recall = [], {}
+    for task in TASKS:
+        own = same_rule[task].get("own_rule")
+        for rule, result in (same_rule[task].get("rules") or {}).items():
+            splits = dig(result, "splits") or {}
+            rows.append([TASK_NAMES[task].split(" (")[0], SAME_RULE_NAMES.get(rule, rule) + (" *" if rule == own else ""),
+                         cell(result, ("threshold",), lambda x: fmt_float(x, 3)),
+                         *(f"{cell(splits, (s, 'recall_ai'))} / {cell(splits, (s, 'fpr'))}"
+                           for s in ("validation", "validation_augmented")),
+                         cell(splits, ("validation_augmented", "recall_at_fpr_0.2_oracle"))])
+            for s in ("validation", "validation_augmented"):
+                recall[(task, rule, s)] = dig(splits, s, "recall_ai")
+    values = {}
+    for short, rule in (("clean", "calibration"), ("strict", "calibration + calibration_augmented")):
+        for s, key in (("validation", "val"), ("validation_augmented", "aug")):
+            a, b = recall.get(("task03", rule, s)), recall.get(("task02", rule, s))
+            values[f"same.{short}.gap_{key}"] = f"{a - b:+.3f}" if _is_number(a) and _is_number(b) else NOT_AVAILABLE
+    values["same.t3.aug_oracle"] = cell(same_rule, ("task03", "rules", "calibration + calibration_augmented", "splits",
+                                                    "validation_augmented", "recall_at_fpr_0.2_oracle"))
+    table = _table(["detector", "rule", "thr.", "val.: recall / FPR", "augm.: recall / FPR",
+                    "oracle (augm.)"], rows, align="llrrrr",
+                   note="Rule: the calibration splits whose real images keep the bound (clean: calibration; "
+                        "both: also calibration_augmented); * = the detector's own rule. Oracle: the best recall "
+                        "of any threshold at an empirical FPR <= 0.20 on validation_augmented; thr. = threshold.")
+    return {"tables": {"same_rule": table}, "values": values}
 
 
 # --- generic rendering of JSON whose schema is owned elsewhere ---------------------------------
@@ -1316,6 +1352,10 @@ def collect(artifacts: Path, bench: Path | None, explain: Path | None, build: Pa
     tables.update(attr["tables"])
     flipped = find_key(documents, "flipped", max_depth=1)
     halves = find_key(documents, "flip_decomposition", max_depth=1)
+    same_rule = find_key(documents, "same_rule", max_depth=1)
+    same = same_rule_section(same_rule)
+    values.update(same["values"])
+    tables.update(same["tables"])
     tables["holdout"] = holdout_table(scorecard, flipped if isinstance(flipped, dict) else None,
                                       halves if isinstance(halves, dict) else None)
 
@@ -1355,7 +1395,7 @@ def collect(artifacts: Path, bench: Path | None, explain: Path | None, build: Pa
                 "discussion": discussion is not None, "attribution": attribution_main is not None,
                 "attribution_generic": attribution is not None and attribution_main is None,
                 "logo": logo is not None, "flipped": isinstance(flipped, dict),
-                "flip_halves": isinstance(halves, dict)},
+                "flip_halves": isinstance(halves, dict), "same_rule": bool(same["tables"])},
     }
 
 

@@ -151,3 +151,28 @@ def test_template_has_no_markup_traps():
     assert not re.search(r"(?m)^\s*\d+\.\s", template)
     # "#val(...)(" or "#val(...)[" would continue the call.
     assert not re.search(r'#val\("[^"]+"\)[(\[]', template)
+
+
+def test_same_rule_section_compares_both_tasks_under_each_rule():
+    def rule(recall_val, recall_aug, oracle=0.5):
+        split = {"recall_ai": recall_val, "fpr": 0.1}
+        return {"threshold": 1.0, "splits": {"validation": split, "validation_augmented":
+                                             {"recall_ai": recall_aug, "fpr": 0.2, "recall_at_fpr_0.2_oracle": oracle}}}
+
+    same = {"task02": {"own_rule": "calibration", "rules": {"calibration": rule(0.96, 0.85),
+                                                            "calibration + calibration_augmented": rule(0.88, 0.70)}},
+            "task03": {"own_rule": "calibration + calibration_augmented",
+                       "rules": {"calibration": rule(0.95, 0.81),
+                                 "calibration + calibration_augmented": rule(0.92, 0.79, oracle=0.78)}}}
+    section = br.same_rule_section(same)
+    assert len(section["tables"]["same_rule"]["rows"]) == 4
+    assert sum(row[1].endswith(" *") for row in section["tables"]["same_rule"]["rows"]) == 2
+    values = section["values"]
+    assert (values["same.strict.gap_val"], values["same.strict.gap_aug"]) == ("+0.040", "+0.090")
+    assert (values["same.clean.gap_val"], values["same.clean.gap_aug"]) == ("-0.010", "-0.040")
+    assert values["same.t3.aug_oracle"] == "0.780"
+    assert set(values) == set(br.SAME_RULE_VALUES)
+    for missing in (None, {"task02": same["task02"]}):
+        section = br.same_rule_section(missing)
+        assert section["tables"] == {} and set(section["values"]) == set(br.SAME_RULE_VALUES)
+        assert set(section["values"].values()) == {br.NOT_RUN}

@@ -13,7 +13,7 @@ def test_each_task_own_rule_reproduces_its_packaged_threshold(demo_run, tmp_path
     assert same_calibration.main(["--artifacts", str(demo_run["artifacts"]), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     for task, own in (("task02", "calibration"), ("task03", "calibration + calibration_augmented")):
-        r = result["tasks"][task]
+        r = result["same_rule"][task]
         assert r["own_rule"] == own and r["reproduces_packaged"]
         assert abs(r["rules"][own]["threshold"] - r["packaged_threshold"]) < 1e-6
         # keeping the bound on one more set of reals can only raise the threshold
@@ -37,5 +37,5 @@ def test_a_threshold_that_is_not_the_packaged_one_is_reported(demo_run, tmp_path
     monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(artifacts))
     out = tmp_path / "same.json"
     assert same_calibration.main(["--artifacts", str(artifacts), "--out", str(out)]) == 1
-    assert not json.loads(out.read_text())["tasks"]["task02"]["reproduces_packaged"]
+    assert not json.loads(out.read_text())["same_rule"]["task02"]["reproduces_packaged"]
     assert "does NOT reproduce" in out.with_suffix(".md").read_text()
