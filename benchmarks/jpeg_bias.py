@@ -28,9 +28,7 @@ predict split and its format-only half (generated images saved as JPEG, nothing 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -180,19 +178,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="the JSON result; the markdown table goes beside it (.md)")
     parser.add_argument("--tasks", default="task02,task03")
     args = parser.parse_args(argv)
-    from reference_runtime import cpu_name
+    from result_files import header, write
 
     started = time.monotonic()
-    result = {"date": time.strftime("%Y-%m-%d"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "machine": {"cpu": cpu_name(), "nproc": os.cpu_count(), "host": platform.node()},
-              "artifacts": str(Path(args.artifacts).resolve()), "data": str(Path(args.data).resolve())}
+    result = {**header(), "artifacts": str(Path(args.artifacts).resolve()), "data": str(Path(args.data).resolve())}
     result.update(run(Path(args.artifacts).resolve(), Path(args.data).resolve(), tuple(args.tasks.split(","))))
     result["seconds"] = round(time.monotonic() - started, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write(args.out, result, markdown(result))
     return 0
 
 

@@ -21,9 +21,7 @@ whether it did. Nothing is retrained or written into the artifacts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -78,7 +76,9 @@ def run(artifacts: Path) -> dict:
     for task in TASKS:
         scores, packaged = detector_scores(task, splits)
         rules = compare(scores, labels)
-        own = next(rule for rule, names in RULES.items() if names == TASK_CALIBRATION_SPLITS[task])
+        own = next((rule for rule, names in RULES.items() if names == TASK_CALIBRATION_SPLITS[task]), None)
+        if own is None:
+            raise SystemExit(f"{task} calibrates on {TASK_CALIBRATION_SPLITS[task]}, which is none of {list(RULES)}")
         result[task] = {"own_rule": own, "packaged_threshold": packaged,
                         "reproduces_packaged": bool(abs(rules[own]["threshold"] - packaged) < 1e-6), "rules": rules}
         if not result[task]["reproduces_packaged"]:
@@ -128,22 +128,16 @@ def main(argv=None) -> int:
     parser.add_argument("--artifacts", default=str(REPO / "runs" / "proxy" / "artifacts"))
     parser.add_argument("--out", required=True, help="the JSON result; the markdown table goes beside it (.md)")
     args = parser.parse_args(argv)
-    from reference_runtime import cpu_name
+    from result_files import header, write
 
     started = time.monotonic()
     artifacts = Path(args.artifacts).resolve()
     if not (artifacts / "task03" / "detector.json").exists() or not (artifacts / "task02" / "detector.json").exists():
         raise SystemExit(f"{artifacts} holds no trained Task-2 and Task-3 detectors: run the pipeline (make bench) first")
-    result = {"date": time.strftime("%Y-%m-%d"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "machine": {"cpu": cpu_name(), "nproc": os.cpu_count(), "host": platform.node()},
-              "artifacts": str(artifacts)}
+    result = {**header(), "artifacts": str(artifacts)}
     result["same_rule"] = run(artifacts)
     result["seconds"] = round(time.monotonic() - started, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write(args.out, result, markdown(result))
     return 0 if all(r["reproduces_packaged"] for r in result["same_rule"].values()) else 1
 
 
