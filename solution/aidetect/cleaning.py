@@ -169,9 +169,9 @@ def view_features(rgb: np.ndarray, seed: int) -> np.ndarray:
     """Features (TRAIN_VIEWS, n_features) of robust views of a decoded image, each cut as prepare cuts a crop."""
     rng = np.random.default_rng([seed, 1])  # not the crop's generator: the stored crop stays what it was
     policy = POLICIES[VIEW_POLICY]
+    height, width = rgb.shape[:2]
     rows = []
     for _ in range(TRAIN_VIEWS):
-        height, width = rgb.shape[:2]
         top, left = aligned_offset(height, VIEW_WINDOW, rng), aligned_offset(width, VIEW_WINDOW, rng)
         window = rgb[top : top + VIEW_WINDOW, left : left + VIEW_WINDOW]
         rows.append(image_features(square_crop(image_view(window, policy, rng), CROP_SIZE, rng)))
