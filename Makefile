@@ -9,6 +9,8 @@
 #   make bench-families, make bench-attribution - the families alone, the attribution benchmark
 #   make bench-jpeg-bias - the compression cue: the classical model trained with and without it
 #   make bench-calibration - Task 2 and Task 3 compared under the same threshold rule
+#   make bench-seeds, make bench-robustness - two more seeds of the six stages, then the robustness
+#                 comparison runs (every perturbation family, leave-one-family-out) over the three seeds
 #   make submission ID=<student id> - the course zip
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -20,7 +22,7 @@ RUN := runs/demo
 PROXY ?= ../shared/proxy
 DATE := $(shell date +%F)
 
-.PHONY: setup run demo-data test bench bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
+.PHONY: setup run demo-data test bench bench-seeds bench-robustness bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
 
 $(STAMP): requirements-dev.txt solution/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +60,19 @@ bench-jpeg-bias: $(STAMP)
 bench-calibration: $(STAMP)
 	$(PY) benchmarks/same_calibration.py --artifacts $(PROXY_RUN) \
 		--out benchmarks/results/$(DATE)-same-calibration-proxy.json
+
+# Seeds 1 and 2 of the six stages through the harness (seed 0 is `make bench`'s run in runs/proxy).
+EXTRA_SEEDS ?= 1 2
+bench-seeds: $(STAMP)
+	for seed in $(EXTRA_SEEDS); do \
+		AMLS_SEED=$$seed $(PY) tools/grade.py --data $(PROXY) --quiet --out runs/proxy-seed$$seed/scorecard.json \
+			--artifacts-out runs/proxy-seed$$seed/artifacts || exit 1; \
+	done
+
+bench-robustness: $(STAMP)
+	$(PY) benchmarks/robustness.py --data $(PROXY) --runs runs/proxy $(foreach s,$(EXTRA_SEEDS),runs/proxy-seed$(s)) \
+		--proxy-bench $$(ls -t benchmarks/results/*-proxy.json | head -1) \
+		--out benchmarks/results/$(DATE)-robustness-proxy.json
 
 explain: $(STAMP)
 	$(PY) explainability/explain.py --artifacts $(PROXY_RUN) --data $(PROXY)/data --out explainability/output \

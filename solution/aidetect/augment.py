@@ -16,7 +16,7 @@ prepare cuts its crop: the robust views of the classical model.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
@@ -47,6 +47,19 @@ ROBUST = AugmentPolicy(
     area_p=0.3,
 )
 POLICIES = {p.name: p for p in (NEUTRAL, ROBUST)}
+
+# The kinds of processing a policy applies, each switched by one probability: what a
+# leave-one-family-out detector leaves out (``perturb.Family.trained_as`` names them).
+TRAINING_FAMILIES = {"jpeg": "jpeg_p", "blur": "blur_p", "rescale": "rescale_p", "noise": "noise_p",
+                     "colour": "colour_p", "crop": "area_p"}
+
+
+def without(policy: AugmentPolicy, families) -> AugmentPolicy:
+    """``policy`` with the given training families switched off."""
+    unknown = set(families) - set(TRAINING_FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown training families {sorted(unknown)}; known: {sorted(TRAINING_FAMILIES)}")
+    return replace(policy, **{TRAINING_FAMILIES[name]: 0.0 for name in families})
 
 
 def jpeg(image: Image.Image, quality: int) -> Image.Image:

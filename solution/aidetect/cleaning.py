@@ -33,11 +33,12 @@ from .crops import CROP_SIZE, aligned_offset, square_crop
 from .dataio import atomic_path, count_rows, iter_batches, read_json, validate_split, write_json
 from .decode import decode_rgb, read_size
 from .errors import DataError, DecodeError
-from .augment import POLICIES, image_view
+from .augment import POLICIES, AugmentPolicy, image_view
 from .features import FEATURE_NAMES, CornerFeatures, corner_features, image_features
 from .labels import SOURCE_CLASSES
 from .parallel import ordered_map
 from .paths import LABELLED_SPLITS, clean_dir, prepared_dir, split_dir
+from .perturb import FAMILIES, calibration_families, perturb
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -165,10 +166,10 @@ VIEW_POLICY = "robust"
 VIEW_WINDOW = 3 * CROP_SIZE
 
 
-def view_features(rgb: np.ndarray, seed: int) -> np.ndarray:
+def view_features(rgb: np.ndarray, seed: int, policy: AugmentPolicy | None = None) -> np.ndarray:
     """Features (TRAIN_VIEWS, n_features) of robust views of a decoded image, each cut as prepare cuts a crop."""
     rng = np.random.default_rng([seed, 1])  # not the crop's generator: the stored crop stays what it was
-    policy = POLICIES[VIEW_POLICY]
+    policy = POLICIES[VIEW_POLICY] if policy is None else policy
     height, width = rgb.shape[:2]
     rows = []
     for _ in range(TRAIN_VIEWS):
@@ -179,9 +180,9 @@ def view_features(rgb: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _decode_crop(item: tuple) -> tuple:
-    """Worker: (key, bytes, seed or None, views) -> (key, crop or None, (features, seconds) or None, error).
+    """Worker: (key, bytes, seed or None, view policy or None) -> (key, crop or None, (features, seconds) or None, error).
 
-    A seed means a training image: a random crop, and when ``views`` the
+    A seed means a training image: a random crop, and with a view policy the
     features of its robust views (``view_features``). Without one the image is
     an evaluation image: the centre crop and the features of its corner crops
     (which the classical model also scores at prediction time). Features come
@@ -192,7 +193,7 @@ def _decode_crop(item: tuple) -> tuple:
         rgb = decode_rgb(data)
         started = time.perf_counter()
         if seed is not None:
-            features = view_features(rgb, seed) if views else None
+            features = view_features(rgb, seed, views) if views is not None else None
             return key, square_crop(rgb, CROP_SIZE, np.random.default_rng(seed)), \
                 (features, time.perf_counter() - started), None
         features = corner_features(rgb)
@@ -223,7 +224,7 @@ def _takes_views(seed: int, file: str, row: int, share: float) -> bool:
 
 
 def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Deadline | None = None,
-                  limit: int | None = None, view_share: float = 1.0) -> dict:
+                  limit: int | None = None, view_share: float = 1.0, view_policy: AugmentPolicy | None = None) -> dict:
     """Decode the kept rows of a split and store one crop per image.
 
     Training crops are at a random (seeded, grid-aligned) position, so the
@@ -232,8 +233,10 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
     (stratified subsample). If the deadline comes first, the crops done so far
     are kept and ``info.json`` says the split is truncated. Training images
     also get robust views (``view_features``), all of them or the
-    deterministic ``view_share`` of them that the time allows.
+    deterministic ``view_share`` of them that the time allows, made with
+    ``view_policy`` (default: ``VIEW_POLICY``).
     """
+    view_policy = POLICIES[VIEW_POLICY] if view_policy is None else view_policy
     keep = recipe[(recipe["split"] == split) & recipe["keep"]]
     if limit is not None:
         keep = subsample_rows(keep, limit, seed)
@@ -253,9 +256,10 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
                 key = (batch.file.name, batch.first_row + offset)
                 if key in wanted:
                     if training:
-                        yield key + (int(source),), data, _crop_seed(seed, *key), _takes_views(seed, *key, view_share)
+                        views = view_policy if _takes_views(seed, *key, view_share) else None
+                        yield key + (int(source),), data, _crop_seed(seed, *key), views
                     else:
-                        yield key + (int(source),), data, None, False
+                        yield key + (int(source),), data, None, None
 
     shape = (n, CROP_SIZE, CROP_SIZE, 3)
     with atomic_path(out / "crops.npy") as tmp, open(tmp, "wb") as crops:
@@ -312,6 +316,85 @@ def _stack_views(views: list[np.ndarray | None]) -> np.ndarray:
         if rows is not None:
             stacked[i] = rows
     return stacked
+
+
+# Task 3's threshold must hold on real photos processed as its training processes images, not only on
+# the two calibration splits: prepare stores the calibration's real images processed by each family that
+# Task 3 trains on (``perturb.calibration_families``), at moderate strength, one prepared split each.
+SHIFT_DIR = "calibration_shift"
+MAX_SHIFT_REALS = 200  # real images per family: ample for the order-statistic rule, bounded disk and time
+
+
+def shift_split(family: str) -> str:
+    """The prepared split (a folder under ``prepared/``) of calibration reals processed by ``family``."""
+    return f"{SHIFT_DIR}/{family}"
+
+
+def _shifted_views(item: tuple) -> tuple:
+    """Worker: (key, bytes, seed, families) -> (key, [(centre crop, corner features)] per family or None, error)."""
+    key, data, seed, families = item
+    try:
+        rgb = decode_rgb(data)
+        views = [perturb(rgb, name, FAMILIES[name].moderate, [seed, i]) for i, name in enumerate(families)]
+        return key, [(square_crop(v, CROP_SIZE), corner_features(v)) for v in views], None
+    except Exception as exc:  # a worker must never stop the stream
+        return key, None, f"{type(exc).__name__}: {exc}"
+
+
+def prepare_calibration_shift(recipe: pd.DataFrame, seed: int = 0, deadline: Deadline | None = None) -> dict:
+    """Store, per calibration family, the calibration split's real images processed by it (at most
+    ``MAX_SHIFT_REALS``), as prepared splits with centre crops and corner features like ``calibration``.
+    If the deadline comes first, the images done so far are kept (each family has the same images)."""
+    families = [f.name for f in calibration_families()]
+    keep = recipe[(recipe["split"] == "calibration") & recipe["keep"] & (recipe["source_class"] == 0)]
+    keep = subsample_rows(keep, MAX_SHIFT_REALS, seed)
+    wanted = {(f, int(r)) for f, r in zip(keep["file"], keep["row"])}
+    for name in families:
+        (prepared_dir() / shift_split(name) / "info.json").unlink(missing_ok=True)  # invalid until complete
+
+    def items():
+        for batch in iter_batches(split_dir("calibration"), labelled=True):
+            for offset, data in enumerate(batch.images):
+                key = (batch.file.name, batch.first_row + offset)
+                if key in wanted:
+                    yield key, data, _crop_seed(seed + 2, *key), families
+
+    done, failed, truncated = [], [], False
+    with progress(total=len(wanted), desc="prepare calibration under processing", deadline=deadline) as bar:
+        for key, views, error in ordered_map(_shifted_views, items()):
+            bar.update(1)
+            if views is None:
+                failed.append({"file": key[0], "row": key[1], "error": error})
+                continue
+            done.append(views)
+            if deadline is not None and deadline.expired():
+                truncated = True
+                break
+    for i, name in enumerate(families):
+        _write_shift_split(name, [views[i] for views in done], truncated, failed)
+    log.info("calibration reals under processing: %d images x %d families %s", len(done), len(families), families)
+    return {"families": families, "n": len(done), "truncated": truncated, "failed": len(failed)}
+
+
+def _write_shift_split(family: str, views: list[tuple], truncated: bool, failed: list) -> None:
+    out = prepared_dir() / shift_split(family)
+    out.mkdir(parents=True, exist_ok=True)
+    crops = np.stack([v[0] for v in views]) if views else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    corners = CornerFeatures.stack([v[1] for v in views])
+    arrays = {"crops.npy": crops, "labels.npy": np.zeros(len(views), dtype=np.int8),
+              "corner_features.npy": corners.features, "corner_offsets.npy": corners.offsets}
+    for name, array in arrays.items():
+        with atomic_path(out / name) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, array)
+    write_json(out / "info.json", {"split": shift_split(family), "family": family,
+                                   "strength": FAMILIES[family].moderate, "n": len(views), "truncated": truncated,
+                                   "crop_size": CROP_SIZE, "corner_features": True, "decode_failures": failed[:200]})
+
+
+def shift_splits_present() -> list[str]:
+    """The calibration-under-processing splits that prepare completed, in family order."""
+    return [shift_split(f.name) for f in calibration_families()
+            if (prepared_dir() / shift_split(f.name) / "info.json").exists()]
 
 
 def load_prepared(split: str) -> PreparedSplit:
@@ -411,5 +494,7 @@ def prepare_all(recipe: pd.DataFrame, deadline: Deadline, seed: int = 0) -> dict
         log.info("prepared %s: %d crops %s (%s)", split, n, infos[split]["per_class"], deadline.describe())
         if deadline.expired():
             log.warning("time budget used up after %s; the remaining splits are not prepared", split)
-            break
+            return infos
+    if "calibration" in present:  # last: Task 3 calibrates without it if the time ran out
+        infos[SHIFT_DIR] = prepare_calibration_shift(recipe, seed, deadline)
     return infos

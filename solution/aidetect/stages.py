@@ -31,8 +31,9 @@ def clean(deadline: Deadline) -> None:
 
 def prepare(deadline: Deadline) -> None:
     from .cleaning import load_or_build_recipe, prepare_all
+    from .settings import run_seed
 
-    prepare_all(load_or_build_recipe(deadline), deadline)
+    prepare_all(load_or_build_recipe(deadline), deadline, seed=run_seed())
 
 
 def train(deadline: Deadline) -> None:

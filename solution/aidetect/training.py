@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import NEUTRAL, POLICIES, augment
+from .augment import NEUTRAL, POLICIES, AugmentPolicy, augment, without
 from .budget import Deadline
 from .cleaning import PreparedSplit
 from .dataio import save_torch
@@ -47,6 +47,11 @@ class TrainConfig:
     holdout_fraction: float = 0.15
     seed: int = 0
     eval_batch_size: int = 16
+    exclude_families: tuple[str, ...] = ()  # training families left out (leave-one-family-out benchmark)
+
+    def policies(self) -> tuple[AugmentPolicy, AugmentPolicy]:
+        """(the task's policy, the neutral one), less the excluded training families."""
+        return without(POLICIES[self.policy], self.exclude_families), without(NEUTRAL, self.exclude_families)
 
     def model_kwargs(self) -> dict:
         if self.arch != "tracenet":
@@ -85,14 +90,14 @@ def stratified_holdout(source_class: np.ndarray, fraction: float, seed: int,
 def iterate_batches(data: PreparedSplit, indices: np.ndarray, config: TrainConfig, epoch: int):
     """Shuffled, augmented mini-batches (x, y_binary, y_source) for one epoch."""
     rng = np.random.default_rng([config.seed, epoch])
-    policy = POLICIES[config.policy]
+    policy, neutral = config.policies()
     order = rng.permutation(indices)
     for start in range(0, len(order), config.batch_size):
         chosen = order[start : start + config.batch_size]
         if len(chosen) < 2:
             continue  # BatchNorm needs two samples
         views = [
-            augment(data.crops[i], NEUTRAL if rng.random() < config.clean_fraction else policy, rng) for i in chosen
+            augment(data.crops[i], neutral if rng.random() < config.clean_fraction else policy, rng) for i in chosen
         ]
         source = data.source_class[chosen]
         yield to_tensor(np.stack(views)), torch.from_numpy(binary_label(source)).float(), torch.from_numpy(source)
@@ -128,7 +133,8 @@ def holdout_views(data: PreparedSplit, indices: np.ndarray, config: TrainConfig)
     views = [("clean", np.asarray(data.crops[indices]))]
     if config.policy != "neutral":
         rng = np.random.default_rng([config.seed, 999])
-        views.append((config.policy, np.stack([augment(data.crops[i], POLICIES[config.policy], rng) for i in indices])))
+        policy = config.policies()[0]
+        views.append((config.policy, np.stack([augment(data.crops[i], policy, rng) for i in indices])))
     return views
 
 
