@@ -59,6 +59,23 @@ def test_network_is_trained_and_calibrated(demo_run, task):
     assert metrics["splits"]["validation"]["roc_auc"] > 0.6
 
 
+def test_task03_threshold_keeps_the_bound_on_calibration_reals_under_processing(demo_run):
+    """Task 3's promise is an FPR that survives processing: its threshold is the largest of the per-set
+    thresholds over the calibration splits and the calibration reals processed by each covered family."""
+    from aidetect.cleaning import SHIFT_DIR
+
+    metrics = json.loads((demo_run["artifacts"] / "task03" / "metrics.json").read_text())
+    sets = json.loads((demo_run["artifacts"] / "task03" / "detector.json").read_text())["calibration_sets"]
+    processed = {name: t for name, t in sets.items() if name.startswith(SHIFT_DIR + "/")}
+    assert processed, "prepare made no calibration reals under processing, or Task 3 did not calibrate on them"
+    assert metrics["threshold"]["value"] >= max(t["value"] for t in sets.values()) - 1e-12
+    assert set(metrics["calibration_under_processing"]) == {n.split("/", 1)[1] for n in processed}
+    for family, result in metrics["calibration_under_processing"].items():
+        assert result["fpr"] <= 0.2, family
+    task02 = json.loads((demo_run["artifacts"] / "task02" / "detector.json").read_text())["calibration_sets"]
+    assert set(task02) == {"calibration"}  # the plain detector calibrates on clean images only
+
+
 def test_task03_continues_from_task02(demo_run):
     log = (demo_run["out_dir"] / "logs" / "train_augmented.log").read_text()
     assert "starting tracenet from the given weights" in log

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .budget import Deadline
-from .calibration import Threshold, calibrate_on_several
+from .calibration import Threshold, calibrate_on_several, min_calibration_size
 from .classical import ClassicalDetector
 from .cleaning import SHIFT_DIR, PreparedSplit, load_prepared, prepared_splits, shift_split, shift_splits_present
 from .crops import CROP_SIZE, square_crop
@@ -187,9 +187,15 @@ def calibration_split_names(task: str, exclude_families: tuple[str, ...] = ()) -
 
 
 def load_shift_splits(task: str, exclude_families: tuple[str, ...] = ()) -> dict[str, PreparedSplit]:
-    """The prepared calibration-under-processing splits the task calibrates on (those prepare completed)."""
+    """The prepared calibration-under-processing splits the task calibrates on: those prepare completed with
+    enough real images for the guarantee (a set cut short by prepare's deadline could only add noise)."""
     wanted = set(calibration_split_names(task, exclude_families))
-    return {name: load_prepared(name) for name in shift_splits_present() if name in wanted}
+    splits = {name: load_prepared(name) for name in shift_splits_present() if name in wanted}
+    enough = min_calibration_size(MAX_FPR, DELTA)
+    for name in [n for n, data in splits.items() if len(data) < enough]:
+        log.warning("%s holds %d real images, fewer than the %d the FPR guarantee needs: not calibrated on",
+                    name, len(splits.pop(name)), enough)
+    return splits
 
 
 def _calibrate(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray], task: str,
