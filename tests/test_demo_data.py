@@ -5,6 +5,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +16,11 @@ import make_demo_data  # noqa: E402
 
 LABELLED = ["train", "calibration", "calibration_augmented", "validation", "validation_augmented"]
 BASE = ["train", "calibration", "validation", "predict"]
+ORDINARY_RESAMPLING = {name: getattr(Image.Resampling, name)
+                       for name in ("NEAREST", "BILINEAR", "BICUBIC", "LANCZOS")}
+# Rounding the low-resolution source and the result to uint8 alone leaves a mean absolute
+# difference of up to about 0.4 grey levels between two implementations of the same resize.
+ROUNDING_ERROR = 0.6
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +157,35 @@ def test_cli_skips_existing_dataset(demo, capsys):
     assert make_demo_data.main(["--out", str(out)]) == 0
     assert "exists" in capsys.readouterr().out
     assert train.stat().st_mtime_ns == before
+
+
+def difference_beyond_gain_and_offset(image: np.ndarray, reference: np.ndarray) -> float:
+    """Mean absolute difference (grey levels) left after the best per-channel gain and offset
+    mapping ``reference`` onto ``image``: a brightness or contrast change does not count."""
+    errors = []
+    for channel in range(image.shape[2]):
+        target = image[:, :, channel].ravel().astype(np.float64)
+        design = np.c_[reference[:, :, channel].ravel(), np.ones(target.size)]
+        coefficients, *_ = np.linalg.lstsq(design, target, rcond=None)
+        errors.append(np.abs(target - design @ coefficients).mean())
+    return float(np.mean(errors))
+
+
+def test_no_generator_is_an_ordinary_resize_of_its_source():
+    """Users up-scale real photos with ordinary filters, so a demo generator that is one of them
+    would teach the detector to call processed real photos generated: each generator must leave
+    a trace that a PIL resize of its low-resolution source (plus any gain and offset) does not."""
+    photos = make_demo_data.load_photos()
+    fingerprints = make_demo_data.make_fingerprints(seed=0)
+    crops = {"astronaut": photos["astronaut"][96:224, 160:352],  # colour, a face on a smooth ground
+             "camera": photos["camera"][200:328, 120:312]}  # grey, fine texture
+    for generator, (name, _) in make_demo_data.GENERATORS.items():
+        for photo, crop in crops.items():
+            for factor in make_demo_data.DOWNSCALE_FACTORS:
+                generated = make_demo_data.apply_generator(generator, crop, factor, fingerprints)
+                low = make_demo_data.downscale_area(crop.astype(np.float64), factor)
+                low = Image.fromarray(np.clip(np.rint(low), 0, 255).astype(np.uint8))
+                for filter_name, resampling in ORDINARY_RESAMPLING.items():
+                    resized = np.asarray(low.resize((crop.shape[1], crop.shape[0]), resampling))
+                    difference = difference_beyond_gain_and_offset(generated, resized)
+                    assert difference > ROUNDING_ERROR, (name, photo, factor, filter_name, difference)

@@ -26,11 +26,25 @@ Class 0, real photographs
 Classes 1..5, synthetic "generator fingerprints"
     Other crops of the photos assigned to the same split (never the exact crop used for a real
     image), down-scaled by 2 or 4 with area averaging and brought back to the crop size by one
-    of five up-samplers. Each leaves its own trace, like the up-sampling layer of a real
-    generator does:
+    of five decoder-like up-samplers. Each leaves its own trace, like the last layers of a real
+    generator do. None of them is an ordinary resampling filter (nearest, bilinear, bicubic,
+    Lanczos): users up-scale real photos with those, so a detector must learn to ignore them.
 
-    1. ``nearest``: nearest-neighbour up-sampling (blocky f x f cells).
-    2. ``bilinear``: bilinear up-sampling, half-pixel centres (smooth, low-pass spectrum).
+    1. ``transposed-conv-3x3``: a stride-2 transposed convolution with a 3x3 kernel, padding 1
+       and output padding 1, mixing the three channels: the up-sampling layer of the CycleGAN
+       and pix2pix ResNet generators. Its fixed, seeded kernel is the triangle (linear
+       interpolation) kernel plus noise on every tap of every channel pair, each output phase
+       scaled to a gain of about 1 +- 3 %. A 3x3 kernel at stride 2 overlaps unevenly: in each
+       2x2 output cell one pixel comes from one low-resolution pixel, two from two and one from
+       four, so sharpness and noise alternate with period 2. Applied twice for factor 4.
+    2. ``vae-decoder``: the up-sampling block of a latent-diffusion VAE decoder: nearest
+       up-sampling by 2, then a fixed, seeded 3x3 convolution 3 -> 3 (a binomial blur plus
+       noise on every tap and a little channel mixing, each output channel's weights summing to
+       1), once per factor 2; then a GroupNorm-like per-channel rescale: each channel is
+       centred on its own mean over the image, scaled by a seeded gain (1 +- 5 %) and shifted
+       by a seeded offset (a few grey levels). With the plain symmetric blur, nearest
+       up-sampling followed by the convolution would be bilinear up-sampling; the uneven
+       learned-looking kernel makes the two output phases of each axis differ.
     3. ``transposed-conv``: a stride-2 transposed convolution with a fixed, seeded 4x4 kernel per
        channel (the bilinear kernel plus noise, each of the four output phases scaled to a gain
        of about 1 +- 4 %): the classic checkerboard artefact. Applied twice for factor 4.
@@ -103,8 +117,13 @@ AUGMENTED_SPLITS = {"calibration_augmented": "calibration", "validation_augmente
 
 REAL_SOURCE = "skimage-photos"
 GENERATORS = {
-    1: ("nearest", "down-scale x2 or x4 (area mean), nearest-neighbour up-sampling back"),
-    2: ("bilinear", "down-scale x2 or x4 (area mean), bilinear up-sampling back (half-pixel centres)"),
+    1: ("transposed-conv-3x3", "down-scale x2 or x4 (area mean), stride-2 transposed convolution "
+        "with a fixed seeded 3x3 kernel mixing the channels, padding 1, output padding 1 (triangle "
+        "kernel + noise, phase gains 1 +- 3 %), applied once per factor 2: uneven overlap, period-2 "
+        "sharpness pattern"),
+    2: ("vae-decoder", "down-scale x2 or x4 (area mean), per factor 2 nearest up-sampling then a fixed "
+        "seeded 3x3 conv 3->3 (binomial blur + noise, slight channel mixing), then a GroupNorm-like "
+        "per-channel rescale about the image mean (seeded gain 1 +- 5 % and offset)"),
     3: ("transposed-conv", "down-scale x2 or x4 (area mean), stride-2 transposed convolution with a "
         "fixed seeded 4x4 kernel per channel (bilinear kernel + noise, phase gains 1 +- 4 %), "
         "applied once per factor 2: checkerboard artefacts"),
@@ -117,6 +136,9 @@ GENERATORS = {
 }
 
 MIN_SIDE, MAX_SIDE = 96, 320
+# Taps of a 3x3 stride-2 transposed convolution (padding 1) that reach an output pixel of even
+# index (the middle one) and of odd index (the two outer ones), along one axis.
+PHASE_TAPS = (slice(1, 2), slice(0, 3, 2))
 DOWNSCALE_FACTORS, DOWNSCALE_PROBS = (2, 4), (0.7, 0.3)
 FORMATS, FORMAT_PROBS = ("JPEG", "PNG", "WEBP"), (0.45, 0.30, 0.25)
 SPECIAL_MODES = ("L", "P", "RGBA")
@@ -190,21 +212,28 @@ def upsample_nearest(image: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def upsample_bilinear(image: np.ndarray, factor: int) -> np.ndarray:
-    def axis_weights(size):
-        coords = np.clip((np.arange(size * factor) + 0.5) / factor - 0.5, 0, size - 1)
-        lower = np.floor(coords).astype(int)
-        upper = np.minimum(lower + 1, size - 1)
-        return lower, upper, coords - lower
-
-    rows0, rows1, row_t = axis_weights(image.shape[0])
-    cols0, cols1, col_t = axis_weights(image.shape[1])
-    rows = image[rows0] * (1 - row_t)[:, None, None] + image[rows1] * row_t[:, None, None]
-    return rows[:, cols0] * (1 - col_t)[None, :, None] + rows[:, cols1] * col_t[None, :, None]
-
-
 def make_fingerprints(seed: int) -> dict:
-    """The fixed, seeded parameters of generators 3, 4 and 5."""
+    """The fixed, seeded parameters of generators 1 to 5."""
+    # Generators 1 and 2 draw from a stream of their own, so that the parameters of 3, 4 and 5
+    # do not depend on theirs.
+    rng = np.random.default_rng([seed, 1_000_003, 12])
+    # 1: transposed-conv-3x3 kernel, shape (out, in, ky, kx), triangle kernel on the diagonal.
+    triangle = np.outer([0.5, 1.0, 0.5], [0.5, 1.0, 0.5])
+    tconv3_kernel = np.eye(3)[:, :, None, None] * triangle + 0.04 * rng.standard_normal((3, 3, 3, 3))
+    for row_taps in PHASE_TAPS:
+        for col_taps in PHASE_TAPS:
+            taps = tconv3_kernel[:, :, row_taps, col_taps]
+            gain = 1.0 + 0.03 * rng.standard_normal((3, 1, 1, 1))
+            tconv3_kernel[:, :, row_taps, col_taps] = taps / taps.sum(axis=(1, 2, 3), keepdims=True) * gain
+    # 2: vae-decoder convolution (out, in, ky, kx), and the gain and offset per channel of its
+    # GroupNorm-like rescale.
+    binomial = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0
+    own_channel = binomial + 0.08 * rng.standard_normal((3, 1, 3, 3))
+    vae_conv = np.eye(3)[:, :, None, None] * own_channel + 0.01 * rng.standard_normal((3, 3, 3, 3))
+    vae_conv /= vae_conv.sum(axis=(1, 2, 3), keepdims=True)
+    vae_gain = 1.0 + 0.05 * rng.standard_normal(3)
+    vae_offset = 2.0 * rng.standard_normal(3)
+
     rng = np.random.default_rng([seed, 1_000_003])
     # 3: transposed-conv kernel, shape (4, 4, channels).
     bilinear_1d = np.array([1.0, 3.0, 3.0, 1.0]) / 4.0
@@ -238,8 +267,22 @@ def make_fingerprints(seed: int) -> dict:
     correction, *_ = np.linalg.lstsq(raw, flat_colours, rcond=None)  # (4, 3): linear + offset
     bias2 = correction[3]
     conv2 = correction[:3].T @ conv2
-    return {"tconv_kernel": kernel, "shuffle_mix": shuffle_mix, "shuffle_bias": shuffle_bias,
-            "conv1": conv1, "bias1": bias1, "conv2": conv2, "bias2": bias2}
+    return {"tconv3_kernel": tconv3_kernel, "vae_conv": vae_conv, "vae_gain": vae_gain,
+            "vae_offset": vae_offset, "tconv_kernel": kernel, "shuffle_mix": shuffle_mix,
+            "shuffle_bias": shuffle_bias, "conv1": conv1, "bias1": bias1, "conv2": conv2, "bias2": bias2}
+
+
+def upsample_transposed_conv_3x3(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Stride-2 transposed convolution, 3x3 kernel (out, in, ky, kx), padding 1, output padding 1
+    (output = 2x input), as ``torch.nn.ConvTranspose2d``; the input is edge-padded by one pixel
+    so that the last odd row and column get both their taps."""
+    height, width, _ = image.shape
+    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    full = np.zeros((2 * (height + 2) + 1, 2 * (width + 2) + 1, kernel.shape[0]))
+    for ky in range(3):
+        for kx in range(3):
+            full[ky:ky + 2 * (height + 2):2, kx:kx + 2 * (width + 2):2] += padded @ kernel[:, :, ky, kx].T
+    return full[3:3 + 2 * height, 3:3 + 2 * width]
 
 
 def upsample_transposed_conv(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -271,14 +314,26 @@ def conv3x3(image: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndar
     return out
 
 
+def upsample_vae_decoder(image: np.ndarray, factor: int, fingerprints: dict) -> np.ndarray:
+    """Nearest up-sampling by 2 and the 3x3 convolution, once per factor 2, then the
+    GroupNorm-like rescale (one group per channel, its learned scale and shift in grey levels)."""
+    out = image
+    for _ in range(factor // 2):
+        out = conv3x3(upsample_nearest(out, 2), fingerprints["vae_conv"], np.zeros(3))
+    mean = out.mean(axis=(0, 1))
+    return mean + fingerprints["vae_gain"] * (out - mean) + fingerprints["vae_offset"]
+
+
 def apply_generator(generator: int, crop: np.ndarray, factor: int, fingerprints: dict) -> np.ndarray:
     """Down-scale ``crop`` (sides multiples of ``factor``) and up-sample it back with generator
     1..5; returns uint8 of the same shape."""
     low = downscale_area(crop.astype(np.float64), factor)
     if generator == 1:
-        out = upsample_nearest(low, factor)
+        out = low
+        for _ in range(factor // 2):
+            out = upsample_transposed_conv_3x3(out, fingerprints["tconv3_kernel"])
     elif generator == 2:
-        out = upsample_bilinear(low, factor)
+        out = upsample_vae_decoder(low, factor, fingerprints)
     elif generator == 3:
         out = low
         for _ in range(factor // 2):
