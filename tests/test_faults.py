@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import struct
@@ -115,6 +114,10 @@ def test_a_damaged_parquet_page_costs_only_its_row_group(demo_root, detector_art
     damage_row_group(path, row_group=2, column=1)  # the image column of rows 40..59
     with pytest.raises(OSError):
         pq.read_table(path)  # what crashed the stage before
+    # and a second file whose footer is destroyed: its rows (and their ids) cannot be known at all
+    other = write_predict_file(tmp_path / "data" / "predict" / "sub" / "other.parquet", list(range(1000, 1010)),
+                               [encode(noise_image(40, 30, 1), "PNG")] * 10)
+    other.write_bytes(other.read_bytes()[:-40] + b"\xff" * 32 + other.read_bytes()[-8:])
     artifacts = fresh_artifacts(detector_artifacts, tmp_path)
     guard = WritesOnlyArtifacts(tmp_path, artifacts)
 
@@ -127,10 +130,12 @@ def test_a_damaged_parquet_page_costs_only_its_row_group(demo_root, detector_art
     lost = row_ids[40:60]
     assert all(labels[r] == 0 for r in lost)
     report = report_of(artifacts)
-    assert [(u["where"], u["row_ids"]) for u in report["unreadable"]] == [("part-0.parquet row group 2", lost)]
+    assert sorted((u["where"], u["row_ids"]) for u in report["unreadable"]) == [
+        ("part-0.parquet row group 2", lost), ("sub/other.parquet", [])]
     assert report["unscored_row_ids"] == [] and report["undecodable"] == []
     warning = next(line for line in warning_lines(result.stdout) if "labelled real (0)" in line and "row group 2" in line)
     assert all(str(r) in warning for r in lost)
+    assert any("sub/other.parquet is unreadable" in line for line in warning_lines(result.stdout))
     guard.check()
 
 

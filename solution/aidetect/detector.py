@@ -505,6 +505,10 @@ def _write_predict_results(task: str, detector: Detector | None, all_ids: np.nda
         log.warning("%d predict rows could not be decoded and were labelled real (0): row_ids %s",
                     len(undecodable), [u["row_id"] for u in undecodable])
     for entry in unreadable:
+        if not entry["row_ids"] and not entry["n_rows_unknown_id"]:  # a file without a readable footer
+            log.warning("%s is unreadable (%s): its rows and their row ids are unknown, so they cannot be in %s",
+                        entry["where"], entry["error"], predictions_path(task).name)
+            continue
         log.warning("predict rows in unreadable parquet data %s were labelled real (0): row_ids %s%s", entry["where"],
                     entry["row_ids"], f" and {entry['n_rows_unknown_id']} rows whose row_id is unreadable too"
                     if entry["n_rows_unknown_id"] else "")
