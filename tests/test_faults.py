@@ -364,6 +364,9 @@ def test_an_empty_evaluation_split_is_skipped_and_an_empty_required_one_is_a_cle
         for split in ("validation", "validation_augmented"):
             assert any(split in line and "skipped" in line for line in warnings), (stage, split, warnings)
     assert sorted(p.parent.name for p in (artifacts / "prepared").glob("*/info.json")) == ["calibration", "train"]
+    result = run_stage("train", data, artifacts, timeout=30)  # a short budget: the fallback detector is enough here
+    assert result.returncode == 0 and "Traceback" not in result.output, result.output[-3000:]
+    assert (artifacts / "task02" / "detector.json").is_file()
     guard.check()
 
     shutil.rmtree(artifacts)
