@@ -82,7 +82,7 @@ def iter_originals(data: ValidationSet, positions: np.ndarray):
     wanted = {(data.index["file"].iloc[p], int(data.index["row"].iloc[p])): int(p) for p in positions}
     for batch in iter_batches(split_dir(data.split), labelled=True, batch_size=32):
         for offset, encoded in enumerate(batch.images):
-            position = wanted.get((batch.file.name, batch.first_row + offset))
+            position = wanted.get((batch.name, batch.first_row + offset))
             if position is not None:
                 yield position, decode_rgb(encoded)
 

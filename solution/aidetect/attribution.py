@@ -518,8 +518,8 @@ def predict_folder(attributor: Attributor | None, folder: Path, target: Path, de
             pending_ids.clear()
             pending_crops.clear()
 
-    total = len(read_row_ids(folder))  # fails early, with a clear message, on duplicate row ids
-    with progress(total=total, desc="attribute predict", deadline=deadline) as bar:
+    all_ids = read_row_ids(folder)  # fails early, with a clear message, on duplicate row ids
+    with progress(total=len(all_ids), desc="attribute predict", deadline=deadline) as bar:
         for batch in iter_batches(folder, labelled=False, batch_size=64):
             for row_id, data in zip(batch.row_id.tolist(), batch.images):
                 if attributor is None or deadline.expired():
@@ -539,6 +539,11 @@ def predict_folder(attributor: Attributor | None, folder: Path, target: Path, de
                     flush()
             bar.update(len(batch.images))
     flush()
+    unread = sorted(set(all_ids.tolist()) - set(row_ids))  # in parquet row groups that could not be read
+    if unread:
+        log.warning("%d predict rows in unreadable parquet data were labelled outlier: row_ids %s", len(unread), unread)
+        row_ids.extend(unread)
+        labels.extend([OUTLIER] * len(unread))
     row_ids = np.asarray(row_ids, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
     order = np.argsort(row_ids, kind="stable")

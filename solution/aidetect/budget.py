@@ -2,11 +2,16 @@
 
 A stage receives ``--timeout_seconds`` and is killed when it runs out. The
 deadline keeps a safety margin so that the stage saves its work and exits 0
-before the kill; every long loop asks ``deadline.remaining()``.
+before the kill; every long loop asks ``deadline.remaining()``, and work
+handed to other processes carries ``deadline.stop_at()``. A stage that writes
+graded output also turns SIGTERM (``terminate_raises``) into an exception it
+can catch to save what it has.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -38,8 +43,52 @@ class Deadline:
     def expired(self) -> bool:
         return self.remaining() <= 0
 
+    def stop_at(self) -> float:
+        """The ``time.monotonic()`` reading at which the deadline expires: the same clock in forked workers."""
+        return self.start + self.timeout_seconds - self.margin
+
     def describe(self) -> str:
         return f"{self.elapsed():.0f}s used, {max(0.0, self.remaining()):.0f}s left of {self.timeout_seconds:.0f}s"
+
+
+class Terminated(BaseException):
+    """The stage received SIGTERM (a grader's or container's stop): save what there is and exit.
+
+    Not an ``Exception``, like KeyboardInterrupt: the ``except Exception`` that keeps one bad file or
+    image from stopping a loop must not swallow it."""
+
+
+@dataclass
+class TerminationGuard:
+    """Whether SIGTERM came, and whether it may still interrupt the work (``armed``) or must wait (saving)."""
+
+    received: bool = False
+    armed: bool = True
+
+
+@contextlib.contextmanager
+def terminate_raises():
+    """Inside the block the first SIGTERM raises ``Terminated`` while the guard is armed; later ones, or
+    any while it is disarmed (the stage is saving), are only recorded in ``guard.received``. Forked
+    worker processes that inherit the handler keep the default action: they just end."""
+    owner, guard = os.getpid(), TerminationGuard()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        first = not guard.received
+        guard.received = True
+        if first and guard.armed:
+            guard.armed = False
+            raise Terminated("received SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield guard
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cpu_quota() -> float | None:

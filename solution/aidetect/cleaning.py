@@ -6,6 +6,8 @@ a pure function of the data, so prepare.py recomputes it when clean.py did not
 finish.
 
 Rules, applied to every labelled split:
+0. rows in a parquet row group that cannot be read are recorded as dropped,
+   naming file and row group (the rest of the split is read as usual);
 1. images whose header cannot be read are dropped (the reason is recorded);
    prepare.py also skips any whose pixels then fail to decode, and says so;
 2. ``source_class`` outside 0..5 is dropped (its meaning is unknown);
@@ -15,6 +17,11 @@ Rules, applied to every labelled split:
    not inflated by leakage;
 5. images under 32 pixels on a side are dropped from training: too small to
    carry generator traces, and they would need 8x up-scaling.
+
+``train`` and ``calibration`` are required (no model or no threshold without
+them); a split that only serves evaluation is skipped with a warning when it
+is absent, empty or unreadable. Files are named by their path inside the split
+folder, as ``dataio`` names them.
 """
 from __future__ import annotations
 
@@ -30,14 +37,14 @@ import pandas as pd
 from .budget import Deadline
 from .cropfile import CropFile
 from .crops import CROP_SIZE, aligned_offset, square_crop
-from .dataio import atomic_path, count_rows, iter_batches, read_json, validate_split, write_json
+from .dataio import Unreadable, atomic_path, count_rows, iter_batches, read_json, validate_split, write_json
 from .decode import decode_rgb, read_size
 from .errors import DataError, DecodeError
 from .augment import POLICIES, AugmentPolicy, image_view
 from .features import FEATURE_NAMES, CornerFeatures, corner_features, image_features
 from .labels import SOURCE_CLASSES
 from .parallel import ordered_map
-from .paths import LABELLED_SPLITS, clean_dir, prepared_dir, split_dir
+from .paths import LABELLED_SPLITS, REQUIRED_SPLITS, clean_dir, prepared_dir, split_dir
 from .perturb import FAMILIES, calibration_families, perturb
 from .progress import progress
 
@@ -51,20 +58,44 @@ def recipe_path() -> Path:
     return clean_dir() / "recipe.parquet"
 
 
+def split_problem(split: str) -> str | None:
+    """Why a labelled split cannot be used (absent, no parquet file, unreadable, no rows), or None."""
+    try:
+        files = validate_split(split_dir(split), labelled=True)
+        if count_rows(files) == 0:
+            return f"split folder {split_dir(split)} holds no rows"
+    except DataError as exc:
+        return str(exc)
+    except Exception as exc:  # an unreadable footer after all: the split cannot be used either
+        return f"split folder {split_dir(split)} unreadable ({type(exc).__name__}: {exc})"
+    return None
+
+
 def available_splits() -> list[str]:
-    return [s for s in LABELLED_SPLITS if split_dir(s).is_dir()]
+    """The labelled splits to use: a DataError when a required one is unusable, a warning for the others."""
+    usable = []
+    for split in LABELLED_SPLITS:
+        problem = split_problem(split)
+        if problem is None:
+            usable.append(split)
+        elif split in REQUIRED_SPLITS:
+            raise DataError(f"{problem}; the {split} split is required (images with source_class 0..5)")
+        else:
+            log.warning("%s; %s only serves evaluation and is skipped", problem, split)
+    return usable
 
 
 def scan_split(split: str, deadline: Deadline | None = None) -> pd.DataFrame:
-    """One row per image: its hash, size and whether it decodes."""
+    """One row per image: its hash, size and whether it decodes; rows that cannot be read are dropped rows."""
     folder = split_dir(split)
+    unreadable: list[Unreadable] = []
     files = validate_split(folder, labelled=True)
     rows = []
     with progress(total=count_rows(files), desc=f"scan {split}", deadline=deadline) as bar:
-        for batch in iter_batches(folder, labelled=True):
+        for batch in iter_batches(folder, labelled=True, unreadable=unreadable):
             for offset, (data, source) in enumerate(zip(batch.images, batch.source_class)):
                 record = {
-                    "split": split, "file": batch.file.name, "row": batch.first_row + offset,
+                    "split": split, "file": batch.name, "row": batch.first_row + offset,
                     "sha1": hashlib.sha1(data or b"").hexdigest(), "source_class": int(source),
                     "width": 0, "height": 0, "keep": True, "reason": "",
                 }
@@ -74,6 +105,10 @@ def scan_split(split: str, deadline: Deadline | None = None) -> pd.DataFrame:
                     record["keep"], record["reason"] = False, f"undecodable: {exc}"
                 rows.append(record)
             bar.update(len(batch.images))
+    for lost in unreadable:
+        rows.extend({"split": split, "file": lost.name, "row": row, "sha1": "", "source_class": -1, "width": 0,
+                     "height": 0, "keep": False, "reason": f"unreadable row group: {lost.describe()}"}
+                    for row in range(lost.first_row, lost.first_row + lost.n_rows))
     return pd.DataFrame(rows, columns=RECIPE_COLUMNS)
 
 
@@ -96,10 +131,7 @@ def apply_rules(scans: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_recipe(deadline: Deadline | None = None) -> pd.DataFrame:
-    splits = available_splits()
-    if "train" not in splits:
-        raise DataError(f"no training split at {split_dir('train')}")
-    return apply_rules(pd.concat([scan_split(s, deadline) for s in splits], ignore_index=True))
+    return apply_rules(pd.concat([scan_split(s, deadline) for s in available_splits()], ignore_index=True))
 
 
 def write_recipe(recipe: pd.DataFrame) -> None:
@@ -253,7 +285,7 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
     def items():
         for batch in iter_batches(split_dir(split), labelled=True):
             for offset, (data, source) in enumerate(zip(batch.images, batch.source_class)):
-                key = (batch.file.name, batch.first_row + offset)
+                key = (batch.name, batch.first_row + offset)
                 if key in wanted:
                     if training:
                         views = view_policy if _takes_views(seed, *key, view_share) else None
@@ -267,8 +299,10 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
         # process's resident memory); rows never filled stay zero and are cut off by info["n"].
         np.lib.format.write_array_header_1_0(crops, {"descr": "|u1", "fortran_order": False, "shape": shape})
         i = 0
+        stop_at = deadline.stop_at() if deadline is not None else None
         with progress(total=n, desc=f"prepare {split}", deadline=deadline) as bar:
-            for (file, row, source), crop, features, error in ordered_map(_decode_crop, items()):
+            # The stream ends at the first image whose decoding would start after the deadline.
+            for (file, row, source), crop, features, error in ordered_map(_decode_crop, items(), stop_at=stop_at):
                 bar.update(1)
                 if crop is None:
                     failed.append({"file": file, "row": row, "error": error})
@@ -285,8 +319,8 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
                 index.append((file, row))
                 i += 1
                 if deadline is not None and deadline.expired():
-                    truncated = True
                     break
+        truncated = deadline is not None and deadline.expired() and i + len(failed) < n
         crops.truncate(crops.tell() + (n - i) * CROP_SIZE * CROP_SIZE * 3)
     if failed:
         log.warning("%s: %d images could not be decoded and were skipped: %s", split, len(failed), failed[:10])
@@ -356,7 +390,7 @@ def prepare_calibration_shift(recipe: pd.DataFrame, seed: int = 0, deadline: Dea
     def items():
         for batch in iter_batches(split_dir("calibration"), labelled=True):
             for offset, data in enumerate(batch.images):
-                key = (batch.file.name, batch.first_row + offset)
+                key = (batch.name, batch.first_row + offset)
                 if key in wanted:
                     yield key, data, _crop_seed(seed + 2, *key), families
 
@@ -457,6 +491,14 @@ def plan_training(n_train: int, seconds: float, per_image: float, per_view_image
     return n_train, float(min(1.0, (seconds - n_train * per_image) / max(n_train * per_view_image, 1e-9)))
 
 
+def _drop_summary(recipe: pd.DataFrame, split: str) -> str:
+    rows = recipe[recipe["split"] == split]
+    if rows.empty:
+        return f"no rows in the cleaning recipe: {split_dir(split)} is absent, empty or unreadable"
+    reasons = rows.loc[~rows["keep"], "reason"].str.split(":").str[0].value_counts()
+    return f"{len(rows)} rows, dropped: " + ", ".join(f"{count} {reason}" for reason, count in reasons.items())
+
+
 def prepare_all(recipe: pd.DataFrame, deadline: Deadline, seed: int = 0) -> dict:
     """Prepare every labelled split within the deadline, most needed first.
 
@@ -468,8 +510,17 @@ def prepare_all(recipe: pd.DataFrame, deadline: Deadline, seed: int = 0) -> dict
     """
     from .budget import available_cpus
 
-    present = [s for s in PREPARE_ORDER if (recipe["split"] == s).any()]
     kept = recipe[recipe["keep"]].groupby("split").size().to_dict()
+    present = [s for s in PREPARE_ORDER if kept.get(s, 0) > 0]
+    for split in PREPARE_ORDER:
+        if split in present:
+            continue
+        (prepared_dir() / split / "info.json").unlink(missing_ok=True)  # never train or report on an old run's split
+        if split in REQUIRED_SPLITS:
+            raise DataError(f"the {split} split has no usable image ({_drop_summary(recipe, split)}); "
+                            f"it is required: check {split_dir(split)}")
+        log.warning("%s has no usable image (%s); it only serves evaluation and is skipped",
+                    split, _drop_summary(recipe, split))
     infos, per_image, per_train_image, per_view_image = {}, None, None, None
     for position, split in enumerate(present):
         limit, view_share = None, 1.0
@@ -488,6 +539,9 @@ def prepare_all(recipe: pd.DataFrame, deadline: Deadline, seed: int = 0) -> dict
         started = time.monotonic()
         infos[split] = prepare_split(split, recipe, seed=seed, deadline=deadline, limit=limit, view_share=view_share)
         n = infos[split]["n"]
+        if n == 0 and split not in REQUIRED_SPLITS:  # the deadline came first: an empty split would break evaluation
+            (prepared_dir() / split / "info.json").unlink(missing_ok=True)
+            log.warning("%s: no image prepared before the deadline; it only serves evaluation and is skipped", split)
         if n and split != "train":
             cpus = max(1, available_cpus())
             per_image = (time.monotonic() - started) / n

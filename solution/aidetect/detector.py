@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .budget import Deadline
+from .budget import Deadline, Terminated, terminate_raises
 from .calibration import Threshold, calibrate_on_several, min_calibration_size
 from .classical import ClassicalDetector
 from .cleaning import SHIFT_DIR, PreparedSplit, load_prepared, prepared_splits, shift_split, shift_splits_present
 from .crops import CROP_SIZE, square_crop
-from .dataio import atomic_path, iter_batches, read_json, read_row_ids, write_json, write_predictions
+from .dataio import (UNKNOWN_ROW_ID, Unreadable, atomic_path, iter_batches, known_row_ids, read_json, row_ids_by_file,
+                     write_json, write_predictions)
 from .decode import decode_rgb
 from .errors import DataError, DecodeError, PipelineError
 from .labels import binary_label
@@ -439,10 +440,8 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
 
 
 def _decode_for_predict(item: tuple) -> tuple:
-    """Worker: (row_id, bytes, skip, corners wanted) -> (row_id, (centre crop, corner features or None) or None, error)."""
-    row_id, data, skip, want_corners = item
-    if skip:
-        return row_id, None, None
+    """Worker: (row_id, bytes, corners wanted) -> (row_id, (centre crop, corner features or None) or None, error)."""
+    row_id, data, want_corners = item
     try:
         rgb = decode_rgb(data)
         return row_id, (square_crop(rgb, CROP_SIZE), corner_features(rgb) if want_corners else None), None
@@ -455,71 +454,115 @@ def _decode_for_predict(item: tuple) -> tuple:
 def predict_task(task: str, deadline: Deadline, batch_size: int = 16) -> dict:
     """Write ``artifacts/<task>/predictions.csv`` with one label per predict row.
 
-    Rows whose image cannot be decoded, or that the time budget does not reach,
-    are labelled real (0): a conservative rule that never accuses a photo
-    without evidence. They are listed in a warning and in predict_report.json.
+    Rows whose image cannot be decoded, whose parquet row group cannot be read,
+    or that the time budget (or a SIGTERM) does not reach, are labelled real
+    (0): a conservative rule that never accuses a photo without evidence. They
+    are listed in a warning and in predict_report.json. The file exists, every
+    row labelled real, as soon as the row ids are read, so a kill at any later
+    moment still leaves one label per row; a SIGTERM writes the labels made so
+    far and then ends the stage.
     """
     started = time.monotonic()
-    try:
-        detector = load_detector(task)
-    except Exception as exc:
-        detector = None
-        log.error("no usable %s detector (%s): every row will be labelled real (0)", task, exc)
-    row_ids, labels, undecodable, unscored = [], [], [], []
-    pending_ids, pending_crops, pending_corners = [], [], []
-    # Scored as the threshold was calibrated: with corner crops when the calibration images had them.
-    want_corners = detector is not None and detector.scores_corner_crops
-
-    def flush():
-        if pending_crops:
-            corners = CornerFeatures.stack(pending_corners) if want_corners else None
-            scores = detector.score(np.stack(pending_crops), None, "predict batch", corners)
-            labels.extend(detector.threshold.predict(scores).tolist())
-            row_ids.extend(pending_ids)
-            for pending in (pending_ids, pending_crops, pending_corners):
-                pending.clear()
-
     folder = split_dir(PREDICT_SPLIT)
-    total = len(read_row_ids(folder))  # fails early, with a clear message, on duplicate row ids
+    unreadable: list[Unreadable] = []
+    ids_by_file = row_ids_by_file(folder, unreadable)  # fails early, with a clear message, on duplicate row ids
+    all_ids = np.sort(known_row_ids(ids_by_file))
+    write_predictions(predictions_path(task), all_ids, np.zeros(len(all_ids), dtype=np.int64))
+    detector, predicted, undecodable = None, {}, []
+    pending_ids, pending_crops, pending_corners = [], [], []
+    with terminate_raises() as termination:
+        try:
+            try:
+                detector = load_detector(task)
+            except Exception as exc:
+                detector = None
+                log.error("no usable %s detector (%s): every row will be labelled real (0)", task, exc)
+            # Scored as the threshold was calibrated: with corner crops when the calibration images had them.
+            want_corners = detector is not None and detector.scores_corner_crops
 
-    def items():
-        for batch in iter_batches(folder, labelled=False, batch_size=64):
-            for row_id, data in zip(batch.row_id.tolist(), batch.images):
-                # Past the deadline nothing more is decoded: the rows still get a label below.
-                yield row_id, data, detector is None or deadline.expired(), want_corners
+            def flush():
+                if pending_crops:
+                    corners = CornerFeatures.stack(pending_corners) if want_corners else None
+                    scores = detector.score(np.stack(pending_crops), None, "predict batch", corners)
+                    predicted.update(zip(pending_ids, detector.threshold.predict(scores).tolist()))
+                    for pending in (pending_ids, pending_crops, pending_corners):
+                        pending.clear()
 
-    with progress(total=total, desc=f"predict {task}", deadline=deadline) as bar:
-        # Decoding runs in worker processes while the main process scores.
-        for row_id, decoded, error in ordered_map(_decode_for_predict, items()):
-            bar.update(1)
-            if error is not None:
-                undecodable.append({"row_id": row_id, "error": error})
-            elif decoded is None or deadline.expired():
-                if detector is not None:
-                    unscored.append(row_id)
-            else:
-                pending_crops.append(decoded[0])
-                pending_corners.append(decoded[1])
-                pending_ids.append(row_id)
-                if len(pending_crops) >= batch_size:
-                    flush()
-                continue
-            row_ids.append(row_id)
-            labels.append(0)
-    flush()
-    row_ids = np.asarray(row_ids, dtype=np.int64)
-    order = np.argsort(row_ids, kind="stable")
-    write_predictions(predictions_path(task), row_ids[order], np.asarray(labels)[order])
+            def items():
+                for batch in iter_batches(folder, labelled=False, batch_size=64, unreadable=unreadable):
+                    for row_id, data in zip(batch.row_id.tolist(), batch.images):
+                        yield row_id, data, want_corners
+
+            if detector is not None:
+                with progress(total=len(all_ids), desc=f"predict {task}", deadline=deadline) as bar:
+                    # Decoding runs in worker processes while the main process scores; a worker decides
+                    # whether to decode when it starts on a row, so nothing is decoded after the deadline.
+                    for row_id, decoded, error in ordered_map(_decode_for_predict, items(), stop_at=deadline.stop_at()):
+                        bar.update(1)
+                        if error is not None:
+                            undecodable.append({"row_id": row_id, "error": error})
+                            predicted[row_id] = 0
+                        else:
+                            pending_crops.append(decoded[0])
+                            pending_corners.append(decoded[1])
+                            pending_ids.append(row_id)
+                            if len(pending_crops) >= batch_size:
+                                flush()
+                        if deadline.expired():
+                            break
+                flush()
+        except Terminated:
+            log.warning("SIGTERM: writing the %d labels made so far; the other rows are labelled real (0)",
+                        len(predicted))
+        termination.armed = False  # a SIGTERM from here on waits until the file is written
+        report = _write_predict_results(task, detector, all_ids, predicted, undecodable,
+                                        _lost_rows(unreadable, ids_by_file, predicted), termination.received, started)
+    if termination.received:
+        raise Terminated(f"received SIGTERM; {predictions_path(task)} written, unscored rows labelled real (0)")
+    return report
+
+
+def _lost_rows(unreadable: list[Unreadable], ids_by_file: dict[str, np.ndarray], predicted: dict) -> list[dict]:
+    """Each unreadable file or row group once, with the row ids it held (when they are known)."""
+    lost = {}
+    for record in unreadable:
+        ids = ids_by_file.get(record.name, np.zeros(0, dtype=np.int64))[record.first_row : record.first_row + record.n_rows]
+        known = [int(i) for i in ids if i != UNKNOWN_ROW_ID and int(i) not in predicted]
+        entry = lost.setdefault(record.where(), {"where": record.where(), "error": record.error, "row_ids": [],
+                                                 "n_rows_unknown_id": 0})
+        entry["row_ids"] = sorted(set(entry["row_ids"]) | set(known))
+        entry["n_rows_unknown_id"] = max(entry["n_rows_unknown_id"], int(np.sum(ids == UNKNOWN_ROW_ID)))
+    return list(lost.values())
+
+
+def _write_predict_results(task: str, detector: Detector | None, all_ids: np.ndarray, predicted: dict,
+                           undecodable: list[dict], unreadable: list[dict], terminated: bool, started: float) -> dict:
+    """The CSV (every row id once: rows without a label get real, 0), the warnings and predict_report.json."""
+    labels = np.array([predicted.get(int(row_id), 0) for row_id in all_ids], dtype=np.int64)
+    write_predictions(predictions_path(task), all_ids, labels)
+    unreadable_ids = {row_id for entry in unreadable for row_id in entry["row_ids"]}
+    unscored = [] if detector is None else [
+        int(row_id) for row_id in all_ids if int(row_id) not in predicted and int(row_id) not in unreadable_ids]
     if undecodable:
         log.warning("%d predict rows could not be decoded and were labelled real (0): row_ids %s",
                     len(undecodable), [u["row_id"] for u in undecodable])
+    for entry in unreadable:
+        if not entry["row_ids"] and not entry["n_rows_unknown_id"]:  # a file without a readable footer
+            log.warning("%s is unreadable (%s): its rows and their row ids are unknown, so they cannot be in %s",
+                        entry["where"], entry["error"], predictions_path(task).name)
+            continue
+        log.warning("predict rows in unreadable parquet data %s were labelled real (0): row_ids %s%s", entry["where"],
+                    entry["row_ids"], f" and {entry['n_rows_unknown_id']} rows whose row_id is unreadable too"
+                    if entry["n_rows_unknown_id"] else "")
     if unscored:
-        log.warning("time budget ran out: %d rows labelled real (0) unscored: row_ids %s", len(unscored), unscored[:50])
+        log.warning("%s: %d rows labelled real (0) unscored: row_ids %s",
+                    "SIGTERM" if terminated else "time budget ran out", len(unscored), unscored[:50])
     report = {
-        "task": task, "detector": detector.kind if detector else None, "n_rows": int(len(row_ids)),
-        "n_predicted_ai": int(np.sum(labels)), "undecodable": undecodable, "unscored_row_ids": unscored,
+        "task": task, "detector": detector.kind if detector else None, "n_rows": int(len(all_ids)),
+        "n_predicted_ai": int(labels.sum()), "undecodable": undecodable, "unreadable": unreadable,
+        "unscored_row_ids": unscored, "terminated": terminated,
         "seconds": time.monotonic() - started, "predictions": str(predictions_path(task)),
     }
     write_json(task_dir(task) / "predict_report.json", report)
-    log.info("wrote %s: %d rows, %d labelled ai_generated", predictions_path(task), len(row_ids), int(np.sum(labels)))
+    log.info("wrote %s: %d rows, %d labelled ai_generated", predictions_path(task), len(all_ids), int(labels.sum()))
     return report

@@ -239,7 +239,7 @@ def collect_metadata(splits, deadline: Deadline, reserve_fraction: float = RESER
             if deadline.remaining() < reserve_seconds:
                 info["truncated"] = True
                 break
-            file_name = str(batch.file.relative_to(folder))
+            file_name = batch.name
             for offset, (data, source_class) in enumerate(zip(batch.images, batch.source_class)):
                 row = {"split": split, "file": file_name, "row": batch.first_row + offset,
                        "source_class": int(source_class)}

@@ -13,6 +13,8 @@ from pathlib import Path
 SOLUTION_DIR = Path(__file__).resolve().parents[1]
 
 LABELLED_SPLITS = ("train", "calibration", "calibration_augmented", "validation", "validation_augmented")
+# No model without train, no threshold without calibration; the other labelled splits only serve evaluation.
+REQUIRED_SPLITS = ("train", "calibration")
 PREDICT_SPLIT = "predict"
 EVALUATION_SPLITS = ("validation", "validation_augmented")
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 import time
+import traceback
+from pathlib import Path
 
-from .budget import Deadline, configure_threads
+from .budget import Deadline, Terminated, configure_threads
 from .errors import PipelineError
 from .paths import artifacts_dir, data_dir, task_dir
 
@@ -76,7 +80,7 @@ def run_stage(name: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout_seconds", type=float, required=True,
                         help="the stage is killed after this many seconds; it saves its work and exits before")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+    logging.basicConfig(level=os.environ.get("AMLS_LOG_LEVEL", "INFO").upper(), stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     deadline = Deadline(args.timeout_seconds)
     threads = configure_threads()
@@ -86,7 +90,38 @@ def run_stage(name: str, argv: list[str] | None = None) -> int:
     try:
         STAGES[name](deadline)
     except PipelineError as exc:
-        log.error("stage %s failed: %s", name, exc)
+        log.debug("traceback of the failure", exc_info=True)
+        log.error("stage %s failed: %s", name, _one_line(str(exc)))
         return 2
+    except Terminated as exc:
+        log.warning("stage %s stopped: %s", name, exc)
+        return 128 + 15  # the shell's status for an end by SIGTERM
+    except KeyboardInterrupt:
+        log.error("stage %s interrupted", name)
+        return 130
+    except Exception as exc:  # anything else: one line for the user, the traceback only at DEBUG level
+        log.debug("traceback of the failure", exc_info=True)
+        log.error("stage %s failed: %s", name, describe_failure(exc))
+        return 1
     log.info("stage %s done in %.1fs (%s)", name, time.monotonic() - started, deadline.describe())
     return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line: what failed (the error, and where in the package), and what to do about it."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "aidetect" in Path(f.filename).parts]
+    where = f" (in {Path(frames[-1].filename).name}:{frames[-1].lineno}, {frames[-1].name})" if frames else ""
+    if isinstance(exc, MemoryError):
+        advice = "out of memory: give the container more memory"
+    elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        advice = "the disk is full: free space where artifacts/ lives"
+    elif isinstance(exc, PermissionError):
+        advice = "permission denied: artifacts/ must be writable and data/ readable"
+    else:
+        advice = ("unexpected error: check the data and the artifacts of the earlier stages, then run the stage "
+                  "again; AMLS_LOG_LEVEL=DEBUG logs the traceback")
+    return _one_line(f"{type(exc).__name__}: {exc}{where}; {advice}")
