@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "solution"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from aidetect.augment import ROBUST, TRAINING_FAMILIES, without  # noqa: E402
+from aidetect.augment import ROBUST, without  # noqa: E402
 from aidetect.crops import CROP_SIZE, square_crop  # noqa: E402
 from aidetect.dataio import iter_batches  # noqa: E402
 from aidetect.decode import decode_rgb  # noqa: E402
@@ -55,22 +55,27 @@ MAX_FPR = 0.20
 CLEAN = ("clean", 0.0)
 
 
-def load_split(data_root: Path, split: str) -> tuple[list[bytes], np.ndarray]:
+def load_split(data_root: Path, split: str, limit: int | None = None) -> tuple[list[bytes], np.ndarray]:
     images, labels = [], []
     for batch in iter_batches(data_root / "data" / split, labelled=True):
         images.extend(batch.images)
         labels.extend(int(c) for c in batch.source_class)
-    return images, np.asarray(labels, dtype=np.int64)
+    keep = np.arange(len(images)) if limit is None or limit >= len(images) else \
+        np.linspace(0, len(images) - 1, limit).round().astype(int)  # evenly spaced: every class stays in
+    return [images[i] for i in keep], np.asarray(labels, dtype=np.int64)[keep]
 
 
-def conditions() -> list[tuple[str, float]]:
-    return [CLEAN] + [(f.name, s) for f in FAMILIES.values() for s in f.strengths]
+def conditions(families: list[str]) -> list[tuple[str, float]]:
+    return [CLEAN] + [(name, s) for name in families for s in FAMILIES[name].strengths]
 
 
 def _process(item: tuple) -> tuple:
     """Worker: one image under every condition -> [(centre crop, corner features)] (None where it failed)."""
     index, data, wanted = item
-    rgb = decode_rgb(data)
+    try:
+        rgb = decode_rgb(data)
+    except Exception as exc:  # noqa: BLE001 - reported by the caller, never a worker's traceback
+        return [f"image {index} cannot be decoded: {type(exc).__name__}: {exc}"] * len(wanted)
     out = []
     for position, (family, strength) in enumerate(wanted):
         try:
@@ -140,7 +145,7 @@ def score_run(artifacts: Path, data_root: Path, views: dict, y: np.ndarray, task
 # --- leave one family out ----------------------------------------------------------------------
 
 
-def train_without(family: str, run: Path, data_root: Path, workdir: Path, seed: int) -> Path:
+def train_without(family: str, run: Path, data_root: Path, workdir: Path, seed: int, seconds: float) -> Path:
     """A Task-3 detector trained and calibrated on ``run``'s prepared data without training family ``family``."""
     from aidetect.budget import Deadline
     from aidetect.cleaning import load_or_build_recipe, prepare_split
@@ -159,7 +164,7 @@ def train_without(family: str, run: Path, data_root: Path, workdir: Path, seed: 
         prepare_split("train", load_or_build_recipe(deadline), seed=info["seed"], deadline=deadline,
                       limit=info["n_planned"], view_share=info["view_share"], view_policy=without(ROBUST, [family]))
         config = replace(TASK03_CONFIG, seed=seed, exclude_families=(family,))
-        train_task("task03", Deadline(1800, start=time.monotonic()), config,
+        train_task("task03", Deadline(seconds, start=time.monotonic()), config,
                    init_from=task_dir("task02") / "model_best.pt")
     return artifacts
 
@@ -175,7 +180,7 @@ def mean_spread(values) -> dict:
             "n": int(len(values))}
 
 
-def summarise(per_run: list[dict], lofo: dict) -> dict:
+def summarise(per_run: list[dict], lofo: dict, families: list[str]) -> dict:
     """Mean and spread over runs per task and condition; the held-out view of each family at moderate strength."""
     summary = {}
     for task in TASKS:
@@ -184,7 +189,7 @@ def summarise(per_run: list[dict], lofo: dict) -> dict:
             summary[task][condition] = {metric: mean_spread([r[task]["conditions"][condition][metric] for r in per_run])
                                         for metric in per_run[0][task]["conditions"][condition]}
     held_out = {}
-    for family in FAMILIES.values():
+    for family in (FAMILIES[name] for name in families):
         condition = f"{family.name}@{family.moderate}"
         if family.trained_as is None:
             task03, source = summary["task03"][condition], "packaged (family never trained on)"
@@ -199,14 +204,16 @@ def summarise(per_run: list[dict], lofo: dict) -> dict:
     return {"per_condition": summary, "held_out_moderate": held_out}
 
 
-def split_metrics(runs: list[Path]) -> dict:
-    """validation and validation_augmented metrics of each task, mean and spread over runs (metrics.json)."""
+def split_metrics(per_run: list[dict], per_run_augmented: list[dict]) -> dict:
+    """validation (the clean condition) and validation_augmented, each task, mean and spread over runs."""
     out = {}
     for task in TASKS:
-        out[task] = {}
-        for split in ("validation", "validation_augmented"):
-            rows = [json.loads((r / "artifacts" / task / "metrics.json").read_text())["splits"][split] for r in runs]
-            out[task][split] = {m: mean_spread([row[m] for row in rows]) for m in ("recall_ai", "fpr", "roc_auc")}
+        rows = {"validation": [r[task]["conditions"]["clean@0.0"] for r in per_run],
+                "validation_augmented": [r[task]["conditions"]["clean@0.0"] for r in per_run_augmented]}
+        out[task] = {split: {name: mean_spread([row[key] for row in values])
+                             for name, key in (("recall_ai", "recall"), ("fpr", "fpr"), ("roc_auc", "roc_auc"),
+                                               ("recall_at_fpr_0.2", "recall_at_fpr_0.2"))}
+                     for split, values in rows.items()}
     return out
 
 
@@ -261,7 +268,8 @@ def _fmt(stat: dict | None, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} +- {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
 
 
-def plot(summary: dict, lofo: dict, metric: str, ylabel: str, path: Path, goal: float | None = None) -> None:
+def plot(summary: dict, lofo: dict, families: list[str], metric: str, ylabel: str, path: Path,
+         goal: float | None = None) -> None:
     """One panel per family: ``metric`` over strength, Task 2 and Task 3 (mean and spread over runs) and
     the Task-3 detector trained without the family's training augmentation (dashed)."""
     import matplotlib
@@ -269,10 +277,10 @@ def plot(summary: dict, lofo: dict, metric: str, ylabel: str, path: Path, goal: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families = list(FAMILIES.values())
-    cols = 4
+    families = [FAMILIES[name] for name in families]
+    cols = min(4, len(families))
     rows = -(-len(families) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(11, 2.3 * rows), sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(11, 2.3 * rows + 0.4), sharey=True, squeeze=False)
     per = summary["per_condition"]
     for ax, family in zip(axes.flat, families):
         x = [0.0] + list(range(1, len(family.strengths) + 1))
@@ -304,8 +312,8 @@ def plot(summary: dict, lofo: dict, metric: str, ylabel: str, path: Path, goal: 
         h, n = ax.get_legend_handles_labels()
         if len(n) > len(names):
             handles, names = h, n
-    fig.legend(handles, names, loc="lower right", fontsize=9, frameon=False)
-    fig.tight_layout()
+    fig.legend(handles, names, loc="upper center", ncol=len(names), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
@@ -321,11 +329,12 @@ def markdown(result: dict) -> str:
     for t in result["targets"]:
         value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
         lines.append(f"| {t['name']} | {value} | {t['goal']} | {'yes' if t['met'] else ('n/a' if t['met'] is None else 'NO')} |")
-    lines += ["", "## validation and validation_augmented (mean +- std over runs)", "",
-              "| task | split | recall_ai | FPR | ROC AUC |", "|---|---|---|---|---|"]
+    lines += ["", "## validation and validation_augmented (mean +- std over runs, scored as predict scores)", "",
+              "| task | split | recall_ai | FPR | ROC AUC | recall at FPR 0.20 |", "|---|---|---|---|---|---|"]
     for task, splits in result["splits"].items():
         for split, m in splits.items():
-            lines.append(f"| {task} | {split} | {_fmt(m['recall_ai'])} | {_fmt(m['fpr'])} | {_fmt(m['roc_auc'])} |")
+            lines.append(f"| {task} | {split} | {_fmt(m['recall_ai'])} | {_fmt(m['fpr'])} | {_fmt(m['roc_auc'])} | "
+                         f"{_fmt(m['recall_at_fpr_0.2'])} |")
     lines += ["", "## Held-out families at moderate strength", "",
               "Task 3 is the packaged detector for families no training step covers, and the detector trained "
               "without the covering augmentation for the others (first run's data, one seed).", "",
@@ -366,49 +375,59 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="validation")
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "robustness")
     parser.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out trainings")
+    parser.add_argument("--lofo-seconds", type=float, default=1800.0,
+                        help="time budget of each leave-one-family-out training (train_augmented.py's timeout)")
+    parser.add_argument("--max-images", type=int, default=None, help="only N evenly spaced images of each split (tests)")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES),
+                        help="a subset of the perturbation families (default: all)")
     parser.add_argument("--proxy-bench", type=Path, default=None, help="run_bench result of the first run (flip shift)")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
-    images, source = load_split(args.data, args.split)
+    images, source = load_split(args.data, args.split, args.max_images)
     y = binary_label(source)
-    views = processed_views(images, conditions(), args.workdir / "cache")
+    views = processed_views(images, conditions(args.families), args.workdir / "cache")
+    augmented_images, augmented_source = load_split(args.data, "validation_augmented", args.max_images)
+    y_augmented = binary_label(augmented_source)
+    augmented_views = processed_views(augmented_images, [CLEAN], args.workdir / "cache")
     print(f"[robustness] {len(views)} conditions x {len(images)} images ready ({time.monotonic() - started:.0f}s)", flush=True)
-    per_run = []
+    per_run, per_run_augmented = [], []
     for run in args.runs:
         per_run.append(score_run(run / "artifacts", args.data, views, y))
+        per_run_augmented.append(score_run(run / "artifacts", args.data, augmented_views, y_augmented))
         print(f"[robustness] scored {run} ({time.monotonic() - started:.0f}s)", flush=True)
     lofo = {}
     if not args.no_lofo:
         first = args.runs[0]
         seed = json.loads((first / "artifacts" / "task03" / "metrics.json").read_text())["seed"]
-        for family in TRAINING_FAMILIES:
+        for family in sorted({FAMILIES[name].trained_as for name in args.families} - {None}):
             covered = [c for c in views if c[0] == "clean" or (c[0] in FAMILIES and FAMILIES[c[0]].trained_as == family)]
-            artifacts = train_without(family, first, args.data, args.workdir, seed)
+            artifacts = train_without(family, first, args.data, args.workdir, seed, args.lofo_seconds)
             scored = score_run(artifacts, args.data, {c: views[c] for c in covered}, y, tasks=("task03",))["task03"]
             metrics = json.loads((artifacts / "task03" / "metrics.json").read_text())
             lofo[family] = {**scored, "config": metrics["config"], "splits": metrics["splits"],
                             "calibration_sets": sorted(json.loads((artifacts / "task03" / "detector.json").read_text())
                                                        .get("calibration_sets", {}))}
             print(f"[robustness] without {family}: done ({time.monotonic() - started:.0f}s)", flush=True)
-    summary = summarise(per_run, lofo)
-    splits = split_metrics(args.runs)
+    summary = summarise(per_run, lofo, args.families)
+    splits = split_metrics(per_run, per_run_augmented)
     flip = flip_shift(args.proxy_bench)
     stem = args.out.with_suffix("")
     figures = {"fpr": str(stem) + "-fpr.png", "auc": str(stem) + "-auc.png", "recall": str(stem) + "-recall-at-fpr.png"}
-    plot(summary, lofo, "fpr", "FPR at the calibrated threshold", Path(figures["fpr"]), goal=MAX_FPR)
-    plot(summary, lofo, "roc_auc", "ROC AUC", Path(figures["auc"]))
-    plot(summary, lofo, "recall_at_fpr_0.2", "recall at FPR 0.20", Path(figures["recall"]))
+    plot(summary, lofo, args.families, "fpr", "FPR at the calibrated threshold", Path(figures["fpr"]), goal=MAX_FPR)
+    plot(summary, lofo, args.families, "roc_auc", "ROC AUC", Path(figures["auc"]))
+    plot(summary, lofo, args.families, "recall_at_fpr_0.2", "recall at FPR 0.20", Path(figures["recall"]))
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"schema_version": SCHEMA_VERSION, "header": header(), "commit": commit,
               "data": {**data_identity(args.data), "n_real": int((y == 0).sum()), "n_ai": int((y == 1).sum())},
               "split": args.split,
               "runs": [{"name": r.name, "seed": json.loads((r / "artifacts" / "task02" / "metrics.json").read_text())["seed"]}
                        for r in args.runs],
-              "families": {f.name: {"strengths": list(f.strengths), "unit": f.unit, "trained_as": f.trained_as}
-                           for f in FAMILIES.values()},
+              "families": {name: {"strengths": list(FAMILIES[name].strengths), "unit": FAMILIES[name].unit,
+                                  "trained_as": FAMILIES[name].trained_as} for name in args.families},
               "targets": targets(splits, summary["held_out_moderate"], flip), "splits": splits,
-              "flip_shift": flip, "summary": summary, "per_run": per_run, "leave_one_family_out": lofo,
+              "flip_shift": flip, "summary": summary, "per_run": per_run,
+              "per_run_validation_augmented": per_run_augmented, "leave_one_family_out": lofo,
               "figures": {k: Path(v).name for k, v in figures.items()}, "seconds": time.monotonic() - started}
     write(args.out, result, markdown(result))
     return 0

@@ -851,9 +851,14 @@ def model_values(metrics: dict, detectors: dict, predict_reports: dict, referenc
         for name in ("calibration", "calibration_augmented"):
             values[f"t{p}.calset.{name}.threshold"] = cell(sets, (name, "value"), lambda x: f"{x:.3f}") \
                 if detector else NOT_RUN
+        processed = {k.split("/", 1)[1]: v for k, v in sets.items() if "/" in k}
+        values[f"t{p}.calset.processed"] = (", ".join(f"{k.replace('_', ' ')} {v['value']:.3f}"
+                                                      for k, v in processed.items()) or "none") \
+            if detector else NOT_RUN
         if sets:
             winner = max(sets, key=lambda k: sets[k].get("value", -math.inf))
-            values[f"t{p}.calset.winner"] = winner.replace("_", " ")
+            values[f"t{p}.calset.winner"] = winner.split("/")[-1].replace("_", " ") + \
+                (" (processed calibration reals)" if "/" in winner else "")
         else:
             values[f"t{p}.calset.winner"] = NOT_RUN if detector is None else NOT_AVAILABLE
 
@@ -1011,7 +1016,9 @@ def holdout_table(scorecard: dict | None, flipped: dict | None, halves: dict | N
     return _table(["detector", "split", "valid", "n", "recall AI", "FPR", "acc."], rows, align="llcrrrr")
 
 
-SAME_RULE_NAMES = {"calibration": "clean", "calibration + calibration_augmented": "both"}
+UNDER_PROCESSING_RULE = "calibration + calibration_augmented + calibration reals under processing"
+SAME_RULE_NAMES = {"calibration": "clean", "calibration + calibration_augmented": "both",
+                   UNDER_PROCESSING_RULE: "processed"}
 SAME_RULE_VALUES = ("same.clean.gap_val", "same.clean.gap_aug", "same.strict.gap_val", "same.strict.gap_aug",
                     "same.t3.aug_oracle")
 
@@ -1033,18 +1040,42 @@ def same_rule_section(same_rule) -> dict:
             for s in ("validation", "validation_augmented"):
                 recall[(task, rule, s)] = dig(splits, s, "recall_ai")
     values = {}
-    for short, rule in (("clean", "calibration"), ("strict", "calibration + calibration_augmented")):
+    for short, rule in (("clean", "calibration"), ("strict", UNDER_PROCESSING_RULE)):
         for s, key in (("validation", "val"), ("validation_augmented", "aug")):
             a, b = recall.get(("task03", rule, s)), recall.get(("task02", rule, s))
             values[f"same.{short}.gap_{key}"] = f"{a - b:+.3f}" if _is_number(a) and _is_number(b) else NOT_AVAILABLE
-    values["same.t3.aug_oracle"] = cell(same_rule, ("task03", "rules", "calibration + calibration_augmented", "splits",
+    values["same.t3.aug_oracle"] = cell(same_rule, ("task03", "rules", UNDER_PROCESSING_RULE, "splits",
                                                     "validation_augmented", "recall_at_fpr_0.2_oracle"))
     table = _table(["detector", "rule", "thr.", "val.: recall / FPR", "augm.: recall / FPR",
                     "oracle (augm.)"], rows, align="llrrrr",
-                   note="Rule: the calibration splits whose real images keep the bound (clean: calibration; "
-                        "both: also calibration_augmented); * = the detector's own rule. Oracle: the best recall "
+                   note="Rule: the calibration sets whose real images keep the bound (clean: calibration; "
+                        "both: also calibration_augmented; processed: also the calibration reals processed by each "
+                        "family Task 3 trains on); * = the detector's own rule. Oracle: the best recall "
                         "of any threshold at an empirical FPR <= 0.20 on validation_augmented; thr. = threshold.")
     return {"tables": {"same_rule": table}, "values": values}
+
+
+def find_robustness(documents: list) -> dict | None:
+    """The newest robustness comparison result (``benchmarks/robustness.py``)."""
+    return next((d for d in documents if isinstance(d, dict) and "leave_one_family_out" in d
+                 and isinstance(d.get("targets"), list)), None)
+
+
+def robustness_bench_section(result: dict | None) -> dict:
+    """The targets table and the sentence values of the robustness comparison runs."""
+    keys = ("robust.runs", "robust.families", "robust.unseen", "robust.lofo", "robust.met", "robust.targets")
+    if result is None:
+        return {"tables": {}, "values": {key: NOT_RUN for key in keys}}
+    rows = [[t["name"], NOT_AVAILABLE if t["value"] is None else fmt_float(t["value"], 3), t["goal"],
+             {True: "yes", False: "no", None: NOT_AVAILABLE}[t["met"]]] for t in result["targets"]]
+    families = result.get("families") or {}
+    values = {"robust.runs": str(len(result.get("runs") or [])), "robust.families": str(len(families)),
+              "robust.unseen": str(sum(f.get("trained_as") is None for f in families.values())),
+              "robust.lofo": str(len(result.get("leave_one_family_out") or {})),
+              "robust.met": str(sum(bool(t["met"]) for t in result["targets"])),
+              "robust.targets": str(len(result["targets"]))}
+    table = _table(["target (proxy; mean over seeds)", "value", "goal", "met"], rows, align="lrrr")
+    return {"tables": {"targets": table}, "values": values}
 
 
 # --- generic rendering of JSON whose schema is owned elsewhere ---------------------------------
@@ -1356,6 +1387,10 @@ def collect(artifacts: Path, bench: Path | None, explain: Path | None, build: Pa
     same = same_rule_section(same_rule)
     values.update(same["values"])
     tables.update(same["tables"])
+    robust_bench = find_robustness(documents)
+    robust = robustness_bench_section(robust_bench)
+    values.update(robust["values"])
+    tables.update(robust["tables"])
     tables["holdout"] = holdout_table(scorecard, flipped if isinstance(flipped, dict) else None,
                                       halves if isinstance(halves, dict) else None)
 
@@ -1370,6 +1405,9 @@ def collect(artifacts: Path, bench: Path | None, explain: Path | None, build: Pa
             ("logo", [(bench_figures, "*logo-validation.png")])):
         found = first_file(patterns)
         figures[name] = _copy_figure(found, build, name) if found else None
+    families_figure = Path(bench) / robust_bench["figures"]["fpr"] if robust_bench and bench else None
+    figures["robust_families"] = _copy_figure(families_figure, build, "robust_families") \
+        if families_figure and families_figure.is_file() else None
     figures["training_curves"] = "fig/training_curves.png" if plot_training_curves(
         {t: metrics[t] for t in TASKS}, build / "fig" / "training_curves.png") else None
     figures["robustness"] = "fig/robustness.png" if plot_robustness(
@@ -1395,7 +1433,8 @@ def collect(artifacts: Path, bench: Path | None, explain: Path | None, build: Pa
                 "discussion": discussion is not None, "attribution": attribution_main is not None,
                 "attribution_generic": attribution is not None and attribution_main is None,
                 "logo": logo is not None, "flipped": isinstance(flipped, dict),
-                "flip_halves": isinstance(halves, dict), "same_rule": bool(same["tables"])},
+                "flip_halves": isinstance(halves, dict), "same_rule": bool(same["tables"]),
+                "robust_bench": bool(robust["tables"])},
     }
 
 
