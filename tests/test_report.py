@@ -159,13 +159,16 @@ def test_same_rule_section_compares_both_tasks_under_each_rule():
         return {"threshold": 1.0, "splits": {"validation": split, "validation_augmented":
                                              {"recall_ai": recall_aug, "fpr": 0.2, "recall_at_fpr_0.2_oracle": oracle}}}
 
+    strict = br.UNDER_PROCESSING_RULE
     same = {"task02": {"own_rule": "calibration", "rules": {"calibration": rule(0.96, 0.85),
-                                                            "calibration + calibration_augmented": rule(0.88, 0.70)}},
-            "task03": {"own_rule": "calibration + calibration_augmented",
+                                                            "calibration + calibration_augmented": rule(0.90, 0.75),
+                                                            strict: rule(0.88, 0.70)}},
+            "task03": {"own_rule": strict,
                        "rules": {"calibration": rule(0.95, 0.81),
-                                 "calibration + calibration_augmented": rule(0.92, 0.79, oracle=0.78)}}}
+                                 "calibration + calibration_augmented": rule(0.93, 0.80),
+                                 strict: rule(0.92, 0.79, oracle=0.78)}}}
     section = br.same_rule_section(same)
-    assert len(section["tables"]["same_rule"]["rows"]) == 4
+    assert len(section["tables"]["same_rule"]["rows"]) == 6
     assert sum(row[1].endswith(" *") for row in section["tables"]["same_rule"]["rows"]) == 2
     values = section["values"]
     assert (values["same.strict.gap_val"], values["same.strict.gap_aug"]) == ("+0.040", "+0.090")
