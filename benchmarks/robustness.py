@@ -154,8 +154,11 @@ def train_without(family: str, run: Path, data_root: Path, workdir: Path, seed: 
 
     artifacts = workdir / f"without-{family}" / "artifacts"
     shutil.rmtree(artifacts.parent, ignore_errors=True)
-    # Hard links: prepare_split replaces the files it rewrites (atomic rename), never writes into them.
-    shutil.copytree(run / "artifacts" / "prepared", artifacts / "prepared", copy_function=os.link)
+    # The other splits are only read: hard links. The training split is rewritten (some files in place),
+    # so it is a real copy and the run's own files never change.
+    shutil.copytree(run / "artifacts" / "prepared", artifacts / "prepared", copy_function=os.link,
+                    ignore=lambda folder, names: ["train"] if Path(folder).name == "prepared" else [])
+    shutil.copytree(run / "artifacts" / "prepared" / "train", artifacts / "prepared" / "train")
     shutil.copytree(run / "artifacts" / "clean", artifacts / "clean", copy_function=os.link)
     shutil.copytree(run / "artifacts" / "task02", artifacts / "task02")
     with pointing_at(artifacts, data_root / "data"):
