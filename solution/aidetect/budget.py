@@ -6,9 +6,12 @@ before the kill; every long loop asks ``deadline.remaining()``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 # The process may have started a little before the deadline object (imports).
 _PROCESS_START = time.monotonic()
@@ -40,6 +43,18 @@ class Deadline:
 
     def describe(self) -> str:
         return f"{self.elapsed():.0f}s used, {max(0.0, self.remaining()):.0f}s left of {self.timeout_seconds:.0f}s"
+
+
+def time_bound_decision(stage: str, decision: str, **details) -> dict:
+    """Log a choice the deadline forced, and return its record for ``time_bound_decisions`` in metrics.json.
+
+    Everything else in training is a function of the data and the seed; a
+    model whose run made such a choice may differ on a busier or slower
+    machine, and its metrics say so.
+    """
+    log.warning("time-bound decision in %s: %s (%s)", stage, decision,
+                ", ".join(f"{key} {value}" for key, value in details.items()))
+    return {"stage": stage, "decision": decision, **details}
 
 
 def cpu_quota() -> float | None:
