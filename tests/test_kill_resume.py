@@ -193,7 +193,7 @@ def test_fallback_subsamples_its_training_set_to_fit_a_short_budget(demo_run, tm
     indices, _ = stratified_holdout(train.source_class, 0.15, 0)
     assert len(indices) > 40, "the demo training set is too small for this test"
     started = time.monotonic()
-    model, scores = detector.fit_fallback("task02", train, indices, splits, 0, Deadline(4, start=time.monotonic()))
+    model, scores = detector.fit_fallback("task02", train, indices, splits, 0, Deadline(3, start=time.monotonic()))
     description = json.loads((artifacts / "task02" / "detector.json").read_text())
     assert description["kind"] == "classical"
     assert description["train_images"] <= 30  # the floor (24), give or take stratified rounding

@@ -10,10 +10,13 @@ can catch to save what it has.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 # The process may have started a little before the deadline object (imports).
 _PROCESS_START = time.monotonic()
@@ -89,6 +92,16 @@ def terminate_raises():
         yield guard
     finally:
         signal.signal(signal.SIGTERM, previous)
+def time_bound_decision(stage: str, decision: str, **details) -> dict:
+    """Log a choice the deadline forced, and return its record for ``time_bound_decisions`` in metrics.json.
+
+    Everything else in training is a function of the data and the seed; a
+    model whose run made such a choice may differ on a busier or slower
+    machine, and its metrics say so.
+    """
+    log.warning("time-bound decision in %s: %s (%s)", stage, decision,
+                ", ".join(f"{key} {value}" for key, value in details.items()))
+    return {"stage": stage, "decision": decision, **details}
 
 
 def cpu_quota() -> float | None:

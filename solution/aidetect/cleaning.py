@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .budget import Deadline
+from .budget import Deadline, time_bound_decision
 from .cropfile import CropFile
 from .crops import CROP_SIZE, aligned_offset, square_crop
 from .dataio import Unreadable, atomic_path, count_rows, iter_batches, read_json, validate_split, write_json
@@ -256,7 +256,8 @@ def _takes_views(seed: int, file: str, row: int, share: float) -> bool:
 
 
 def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Deadline | None = None,
-                  limit: int | None = None, view_share: float = 1.0, view_policy: AugmentPolicy | None = None) -> dict:
+                  limit: int | None = None, view_share: float = 1.0, view_policy: AugmentPolicy | None = None,
+                  time_bound: list[dict] | None = None) -> dict:
     """Decode the kept rows of a split and store one crop per image.
 
     Training crops are at a random (seeded, grid-aligned) position, so the
@@ -266,7 +267,8 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
     are kept and ``info.json`` says the split is truncated. Training images
     also get robust views (``view_features``), all of them or the
     deterministic ``view_share`` of them that the time allows, made with
-    ``view_policy`` (default: ``VIEW_POLICY``).
+    ``view_policy`` (default: ``VIEW_POLICY``). ``info.json`` lists the
+    choices the deadline forced (``time_bound``, and a truncation).
     """
     view_policy = POLICIES[VIEW_POLICY] if view_policy is None else view_policy
     keep = recipe[(recipe["split"] == split) & recipe["keep"]]
@@ -324,6 +326,9 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
         crops.truncate(crops.tell() + (n - i) * CROP_SIZE * CROP_SIZE * 3)
     if failed:
         log.warning("%s: %d images could not be decoded and were skipped: %s", split, len(failed), failed[:10])
+    time_bound = list(time_bound or [])
+    if truncated:
+        time_bound.append(time_bound_decision("prepare", "split truncated", split=split, kept=i, of=n))
     if training:
         arrays = {"view_features.npy": _stack_views(views)}
     else:
@@ -338,7 +343,8 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
             "corner_features": not training, "corner_crops": int(sum(len(c) for c in corners)),
             "view_features": TRAIN_VIEWS if training else 0, "view_share": view_share if training else 0.0,
             "views_made": sum(v is not None for v in views), "feature_cpu_seconds": feature_seconds,
-            "decode_failures": failed[:200], "per_class": {str(c): int((labels[:i] == c).sum()) for c in np.unique(labels[:i])}}
+            "decode_failures": failed[:200], "per_class": {str(c): int((labels[:i] == c).sum()) for c in np.unique(labels[:i])},
+            "time_bound_decisions": time_bound}
     write_json(info_path, info)
     return info
 
@@ -472,6 +478,12 @@ def prepared_splits() -> list[str]:
     return [s for s in LABELLED_SPLITS if (prepared_dir() / s / "info.json").exists()]
 
 
+def prepared_time_bound_decisions() -> list[dict]:
+    """The choices the deadline forced on prepare.py, over every prepared split (none when it did not bind)."""
+    return [record for split in prepared_splits()
+            for record in read_json(prepared_dir() / split / "info.json").get("time_bound_decisions", [])]
+
+
 MAX_TRAIN_IMAGES = 20_000  # ~4 GB of crops; more would not be seen in the training budget anyway
 PREPARE_ORDER = ("calibration", "train", "validation", "calibration_augmented", "validation_augmented")
 
@@ -523,21 +535,27 @@ def prepare_all(recipe: pd.DataFrame, deadline: Deadline, seed: int = 0) -> dict
                     split, _drop_summary(recipe, split))
     infos, per_image, per_train_image, per_view_image = {}, None, None, None
     for position, split in enumerate(present):
-        limit, view_share = None, 1.0
+        limit, view_share, time_bound = None, 1.0, []
         if split == "train":
             limit = min(MAX_TRAIN_IMAGES, kept.get("train", 0))
             if per_image is not None:
                 later = sum(kept.get(s, 0) for s in present[position + 1 :])
                 seconds = 0.9 * deadline.remaining() - later * per_image
                 affordable, view_share = plan_training(limit, seconds, per_train_image, per_view_image)
-                limit = max(min(limit, affordable), min(kept.get("train", 0), 200))
+                timed_limit = max(min(limit, affordable), min(kept.get("train", 0), 200))
+                if timed_limit < limit:
+                    time_bound.append(time_bound_decision("prepare", "training images subsampled", kept=timed_limit,
+                                                          of=limit, budget_seconds=round(seconds, 1)))
+                limit = timed_limit
             if limit < kept.get("train", 0):
                 log.warning("time or space allows %d of %d training images: using a stratified subsample",
                             limit, kept.get("train", 0))
             if view_share < 1.0:
-                log.warning("time allows robust views for %.0f %% of the training images", 100 * view_share)
+                time_bound.append(time_bound_decision("prepare", "robust views for a share of the training images",
+                                                      share=round(view_share, 4)))
         started = time.monotonic()
-        infos[split] = prepare_split(split, recipe, seed=seed, deadline=deadline, limit=limit, view_share=view_share)
+        infos[split] = prepare_split(split, recipe, seed=seed, deadline=deadline, limit=limit, view_share=view_share,
+                                     time_bound=time_bound)
         n = infos[split]["n"]
         if n == 0 and split not in REQUIRED_SPLITS:  # the deadline came first: an empty split would break evaluation
             (prepared_dir() / split / "info.json").unlink(missing_ok=True)

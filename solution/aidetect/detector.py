@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .budget import Deadline, Terminated, terminate_raises
+from .budget import Deadline, Terminated, terminate_raises, time_bound_decision
 from .calibration import Threshold, calibrate_on_several, min_calibration_size
 from .classical import ClassicalDetector
-from .cleaning import SHIFT_DIR, PreparedSplit, load_prepared, prepared_splits, shift_split, shift_splits_present
+from .cleaning import (SHIFT_DIR, PreparedSplit, load_prepared, prepared_splits, prepared_time_bound_decisions,
+                       shift_split, shift_splits_present)
 from .crops import CROP_SIZE, square_crop
 from .dataio import (UNKNOWN_ROW_ID, Unreadable, atomic_path, iter_batches, known_row_ids, read_json, row_ids_by_file,
                      write_json, write_predictions)
@@ -35,7 +36,7 @@ from .features import FEATURE_NAMES, CornerFeatures, batch_features, corner_feat
 from .models import build_model
 from .perturb import calibration_families
 from .settings import run_seed
-from .training import TrainConfig, fit, load_model, score_crops, stratified_holdout
+from .training import FitResult, TrainConfig, fit, load_model, score_crops, stratified_holdout
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,10 @@ def classical_training_features(task: str, train: PreparedSplit, indices: np.nda
     return np.vstack(clean + views), np.concatenate([labels, view_labels])
 
 
-FALLBACK_SHARE = 0.25  # at most this share of the stage's remaining time goes to the fallback
+# The fallback learns from every training image unless that would take more than this share of the stage's
+# remaining time. The cost is extrapolated from features timed on 8 crops, which a busy machine can inflate
+# several-fold, so a tighter share would shrink the training set (and change the model) with the load.
+FALLBACK_SHARE = 0.5
 MIN_FALLBACK_TRAIN = 200  # images: below this the fallback is not worth having, whatever the budget
 VIEW_COST = 2.5  # a training image costs its clean crop, its augmented view and the augmentation itself
 STORED_VIEW_COST = 1.2  # ... or its clean crop only, when prepare stored its views
@@ -277,15 +281,17 @@ def feature_seconds_per_crop(crops: np.ndarray) -> float:
 
 def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: dict[str, PreparedSplit],
                  seed: int, deadline: Deadline, per_crop: float | None = None,
-                 exclude_families: tuple[str, ...] = ()) -> tuple[ClassicalDetector, dict]:
+                 exclude_families: tuple[str, ...] = (),
+                 time_bound: list[dict] | None = None) -> tuple[ClassicalDetector, dict]:
     """The classical detector, fitted and calibrated within a share of the budget, saved as the active detector.
 
-    The training set is subsampled (stratified) to what fits in
-    ``FALLBACK_SHARE`` of the remaining time after scoring the calibration
-    splits; the other splits are scored only if that still fits (``train_task``
-    scores them after training when the fusion needs them). ``per_crop`` is
-    the feature time per crop (``feature_seconds_per_crop``), timed here if not
-    given. Returns the model and its scores per split.
+    The training set is subsampled (stratified) only when scoring the
+    calibration splits and learning from every image would not fit in
+    ``FALLBACK_SHARE`` of the remaining time; that choice is appended to
+    ``time_bound``. The other splits are scored only if that still fits
+    (``train_task`` scores them after training when the fusion needs them).
+    ``per_crop`` is the feature time per crop (``feature_seconds_per_crop``),
+    timed here if not given. Returns the model and its scores per split.
     """
     t0 = time.monotonic()
     budget = FALLBACK_SHARE * deadline.remaining()
@@ -297,7 +303,11 @@ def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: d
     limit = max(MIN_FALLBACK_TRAIN, int(room / (cost * per_crop)))
     if len(indices) > limit:
         _, keep = stratified_holdout(train.source_class[indices], limit / len(indices), seed, max_size=limit)
-        log.info("fallback: %d of %d training images fit in its %.0fs budget", len(keep), len(indices), budget)
+        record = time_bound_decision("train", "fallback training set subsampled", task=task, kept=int(len(keep)),
+                                     of=int(len(indices)), budget_seconds=round(budget, 1),
+                                     estimated_seconds=round(cost * per_crop * len(indices), 1))
+        if time_bound is not None:
+            time_bound.append(record)
         indices = indices[keep]
     features, labels = classical_training_features(task, train, indices, seed, exclude_families)
     model = ClassicalDetector("boosting").fit_features(features, labels)
@@ -357,6 +367,26 @@ def fpr_under_processing(scores: dict[str, np.ndarray], threshold: Threshold) ->
             for name, s in scores.items() if name.startswith(SHIFT_DIR) and len(s)}
 
 
+def fit_time_bound_decisions(task: str, config: TrainConfig, fit_result: FitResult) -> list[dict]:
+    """Records of the deadline shortening the learning-rate schedule or stopping the training."""
+    records = []
+    if fit_result.planned_epochs is not None and fit_result.planned_epochs < config.epochs:
+        records.append(time_bound_decision("train", "learning-rate schedule shortened", task=task,
+                                           planned_epochs=fit_result.planned_epochs, of=config.epochs))
+    if fit_result.stopped_because == "time budget":
+        records.append(time_bound_decision("train", "network training stopped by the deadline", task=task,
+                                           epochs_run=fit_result.epochs_run))
+    return records
+
+
+def inherited_time_bound_decisions(metrics_path: Path, known: list[dict]) -> list[dict]:
+    """The decisions of the run whose weights this one starts from, other than those already ``known``."""
+    if not metrics_path.exists():
+        return []
+    inherited = read_json(metrics_path).get("time_bound_decisions", [])
+    return [record for record in inherited if record not in known]
+
+
 def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Path | None = None) -> dict:
     """Fallback first, then the network, then their fusion; calibrate, evaluate, write metrics.json."""
     started = time.monotonic()
@@ -370,10 +400,12 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     corners = uses_corners(task, splits)  # as fit_fallback decides it
     train_idx, holdout_idx = stratified_holdout(train.source_class, config.holdout_fraction, config.seed)
 
+    # Choices the deadline forced on this model, prepare's included: none when it did not bind.
+    time_bound = prepared_time_bound_decisions()
     per_crop = feature_seconds_per_crop(np.asarray(train.crops[train_idx[:8]]))
     excluded = config.exclude_families
     classical, classical_scores = fit_fallback(task, train, train_idx, splits, config.seed, deadline, per_crop,
-                                               excluded)
+                                               excluded, time_bound)
     classical_threshold, _ = _calibrate(classical_scores, labels, task, excluded)
     n_eval = sum(len(s) for s in splits.values()) + len(holdout_idx) * 2
     # Splits the fallback had no time for get classical scores after training (for the fusion).
@@ -394,6 +426,7 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
             import torch
 
             init_state = torch.load(init_from, weights_only=False)["model"]
+            time_bound += inherited_time_bound_decisions(init_from.parent / "metrics.json", time_bound)
         else:
             log.warning("no checkpoint at %s to continue from; training from scratch", init_from)
 
@@ -402,15 +435,19 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
         network, fit_result = fit(config, train, task_dir(task), deadline, reserve, init_state=init_state)
     else:
         log.warning("no time left to train the network (%s); keeping the fallback", deadline.describe())
+        time_bound.append(time_bound_decision("train", "network not trained", task=task,
+                                              reserve_seconds=round(reserve, 1)))
+    if fit_result is not None:
+        time_bound += fit_time_bound_decisions(task, config, fit_result)
 
     metrics = {"task": task, "seed": config.seed, "config": asdict(config), "train_images": len(train),
                "fit": asdict(fit_result) if fit_result else None,
                "classical_splits": evaluate_scores(classical_scores, splits, classical_threshold)}
     kind, threshold, final_scores = "classical", classical_threshold, classical_scores
     if network is not None and (task_dir(task) / "model_best.pt").exists():
-        for name, data in splits.items():
-            if name not in classical_scores:
-                classical_scores[name] = classical_split_scores(classical, data, corners)
+        # In split order whichever the fallback had time to score, so metrics.json does not vary with the load.
+        classical_scores = {name: classical_scores[name] if name in classical_scores
+                            else classical_split_scores(classical, data, corners) for name, data in splits.items()}
         metrics["classical_splits"] = evaluate_scores(classical_scores, splits, classical_threshold)
         network_scores = {name: score_crops(network, data.crops, 16, deadline, f"score {name}")
                           for name, data in splits.items()}
@@ -430,6 +467,7 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
                     "splits": evaluate_scores(final_scores, splits, threshold),
                     "calibration_under_processing": fpr_under_processing(final_scores, threshold),
                     "seconds": time.monotonic() - started})
+    metrics["time_bound_decisions"] = time_bound
     write_json(task_dir(task) / "metrics.json", metrics)
     for name, m in metrics["splits"].items():
         log.info("%s %s: recall_ai %.3f, FPR %.3f, ROC AUC %.3f", task, name, m["recall_ai"], m["fpr"], m["roc_auc"])

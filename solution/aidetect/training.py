@@ -67,6 +67,7 @@ class FitResult:
     stopped_because: str
     history: list = field(default_factory=list)
     seconds: float = 0.0
+    planned_epochs: int | None = None  # the schedule's length: below config.epochs when the deadline shortened it
 
 
 MAX_HOLDOUT = 600  # images: enough to pick an epoch; held in memory as crops, so it must not grow with the data
@@ -273,9 +274,12 @@ def fit(config: TrainConfig, data: PreparedSplit, out_dir: Path, deadline: Deadl
                                "lr_scheduler": scheduler.state_dict(), "config": asdict(config), "state": state,
                                "finished": False})
         epoch_seconds.append(time.monotonic() - t0)
-        affordable = state["epoch"] + int((deadline.remaining() - reserve_seconds) / np.mean(epoch_seconds))
-        if affordable < plan["epochs"]:
-            # Finish the cosine decay inside the time budget rather than be cut at a high learning rate.
+        epochs_left = int((deadline.remaining() - reserve_seconds) / np.mean(epoch_seconds))
+        affordable = state["epoch"] + epochs_left
+        # Finish the cosine decay inside the time budget rather than be cut at a high learning rate, but only
+        # once the deadline is nearer than the holdout's patience: until then early stopping may still end the
+        # training first, and a schedule cut on the timing of slow epochs would change the model with the load.
+        if affordable < plan["epochs"] and epochs_left < config.patience:
             plan["epochs"] = state["planned_epochs"] = max(state["epoch"] + 1, affordable)
             log.info("time budget allows %d epochs: learning-rate schedule shortened", plan["epochs"])
         log.info("epoch %d: loss %.4f, holdout score %.4f%s (%s)", epoch + 1, loss, score,
@@ -293,7 +297,7 @@ def fit(config: TrainConfig, data: PreparedSplit, out_dir: Path, deadline: Deadl
     if best_path.exists():
         model.load_state_dict(torch.load(best_path, weights_only=False)["model"])
     result = FitResult(state["best_epoch"], state["best_score"], state["epoch"], stopped, state["history"],
-                       time.monotonic() - started)
+                       time.monotonic() - started, plan["epochs"])
     log.info("training stopped: %s; best epoch %d, holdout score %.4f", stopped, result.best_epoch, result.best_score)
     return model, result
 
