@@ -135,12 +135,12 @@ def test_fallback_keeps_every_image_unless_they_would_not_fit_in_half_the_remain
     # A third of the remaining time: a quarter share would have subsampled, and changed the model with the load.
     decisions = []
     detector.fit_fallback("task02", train, indices, splits, 0, deadline, per_crop_for(deadline.remaining() / 3),
-                          decisions)
+                          time_bound=decisions)
     assert json.loads((artifacts / "task02" / "detector.json").read_text())["train_images"] == len(indices)
     assert decisions == []
     # Twice the remaining time: the deadline binds, the set shrinks, and the run says so.
     detector.fit_fallback("task02", train, indices, splits, 0, deadline, per_crop_for(2 * deadline.remaining()),
-                          decisions)
+                          time_bound=decisions)
     kept = json.loads((artifacts / "task02" / "detector.json").read_text())["train_images"]
     assert kept < len(indices)
     assert [(d["decision"], d["kept"], d["of"]) for d in decisions] == [

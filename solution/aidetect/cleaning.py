@@ -410,17 +410,18 @@ def prepare_calibration_shift(recipe: pd.DataFrame, seed: int = 0, deadline: Dea
                 failed.append({"file": key[0], "row": key[1], "error": error})
                 continue
             done.append(views)
-            if stop_at is not None and time.monotonic() > stop_at:
+            if stop_at is not None and time.monotonic() > stop_at and len(done) < len(wanted):
                 truncated = True
-                log.warning("time allows %d of %d calibration reals under processing", len(done), len(wanted))
                 break
+    time_bound = [time_bound_decision("prepare", "calibration reals under processing cut short",
+                                      kept=len(done), of=len(wanted))] if truncated else []
     for i, name in enumerate(families):
-        _write_shift_split(name, [views[i] for views in done], truncated, failed)
+        _write_shift_split(name, [views[i] for views in done], time_bound, failed)
     log.info("calibration reals under processing: %d images x %d families %s", len(done), len(families), families)
     return {"families": families, "n": len(done), "truncated": truncated, "failed": len(failed)}
 
 
-def _write_shift_split(family: str, views: list[tuple], truncated: bool, failed: list) -> None:
+def _write_shift_split(family: str, views: list[tuple], time_bound: list[dict], failed: list) -> None:
     out = prepared_dir() / shift_split(family)
     out.mkdir(parents=True, exist_ok=True)
     crops = np.stack([v[0] for v in views]) if views else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
@@ -431,7 +432,8 @@ def _write_shift_split(family: str, views: list[tuple], truncated: bool, failed:
         with atomic_path(out / name) as tmp, open(tmp, "wb") as handle:
             np.save(handle, array)
     write_json(out / "info.json", {"split": shift_split(family), "family": family,
-                                   "strength": FAMILIES[family].moderate, "n": len(views), "truncated": truncated,
+                                   "strength": FAMILIES[family].moderate, "n": len(views), "truncated": bool(time_bound),
+                                   "time_bound_decisions": time_bound,
                                    "crop_size": CROP_SIZE, "corner_features": True, "decode_failures": failed[:200]})
 
 
@@ -479,8 +481,9 @@ def prepared_splits() -> list[str]:
 
 
 def prepared_time_bound_decisions() -> list[dict]:
-    """The choices the deadline forced on prepare.py, over every prepared split (none when it did not bind)."""
-    return [record for split in prepared_splits()
+    """The choices the deadline forced on prepare.py, over every prepared split (none when it did not bind).
+    The calibration-under-processing splits share one record: the first one's stands for all."""
+    return [record for split in prepared_splits() + shift_splits_present()[:1]
             for record in read_json(prepared_dir() / split / "info.json").get("time_bound_decisions", [])]
 
 
