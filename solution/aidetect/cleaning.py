@@ -402,17 +402,15 @@ def prepare_calibration_shift(recipe: pd.DataFrame, seed: int = 0, deadline: Dea
 
     # At most a share of what is left: the stage must still end well before its kill under a loaded machine.
     stop_at = None if deadline is None else time.monotonic() + SHIFT_SHARE * max(0.0, deadline.remaining())
-    done, failed, truncated = [], [], False
+    done, failed = [], []
     with progress(total=len(wanted), desc="prepare calibration under processing", deadline=deadline) as bar:
-        for key, views, error in ordered_map(_shifted_views, items()):
+        for key, views, error in ordered_map(_shifted_views, items(), stop_at=stop_at):
             bar.update(1)
             if views is None:
                 failed.append({"file": key[0], "row": key[1], "error": error})
-                continue
-            done.append(views)
-            if stop_at is not None and time.monotonic() > stop_at and len(done) < len(wanted):
-                truncated = True
-                break
+            else:
+                done.append(views)
+    truncated = len(done) + len(failed) < len(wanted)  # the stream ends at the first image that would start late
     time_bound = [time_bound_decision("prepare", "calibration reals under processing cut short",
                                       kept=len(done), of=len(wanted))] if truncated else []
     for i, name in enumerate(families):
