@@ -78,6 +78,8 @@ def test_prepare_views_follow_the_policy_they_are_given(tmp_path, monkeypatch):
     """The leave-one-family-out benchmark re-prepares the training views without the family: they must change."""
     images = [encode(noise_image(300, 240, seed=i), "PNG") for i in range(4)]
     write_labelled_file(tmp_path / "data" / "train" / "part-0.parquet", images, [0, 1, 0, 1])
+    other = [encode(noise_image(200, 200, seed=100 + i), "PNG") for i in range(2)]
+    write_labelled_file(tmp_path / "data" / "calibration" / "part-0.parquet", other, [0, 1])  # a required split
     monkeypatch.setenv("AMLS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     recipe = build_recipe()
@@ -89,3 +91,29 @@ def test_prepare_views_follow_the_policy_they_are_given(tmp_path, monkeypatch):
     assert not np.allclose(full.views, none.views)
     info = json.loads((tmp_path / "artifacts" / "prepared" / "train" / "info.json").read_text())
     assert info["n"] == 4
+
+
+def test_prepare_stores_the_calibration_reals_under_each_covered_family(tmp_path, monkeypatch):
+    import time
+
+    from aidetect.budget import Deadline
+    from aidetect.cleaning import prepare_calibration_shift, shift_splits_present
+
+    images = [encode(noise_image(300, 260, seed=i), "JPEG") for i in range(6)]
+    write_labelled_file(tmp_path / "data" / "calibration" / "part-0.parquet", images, [0, 0, 0, 0, 1, 2])
+    other = [encode(noise_image(200, 200, seed=100 + i), "PNG") for i in range(2)]
+    write_labelled_file(tmp_path / "data" / "train" / "part-0.parquet", other, [0, 1])  # a required split
+    monkeypatch.setenv("AMLS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    recipe = build_recipe()
+    info = prepare_calibration_shift(recipe, seed=0, deadline=Deadline(600, start=time.monotonic()))
+    assert info == {"families": [f.name for f in calibration_families()], "n": 4, "truncated": False, "failed": 0}
+    assert len(shift_splits_present()) == len(calibration_families())
+    jpeg, blur = load_prepared(shift_split("jpeg")), load_prepared(shift_split("gaussian_blur"))
+    assert len(jpeg) == len(blur) == 4 and (jpeg.source_class == 0).all() and len(jpeg.corners) == 4
+    assert not np.array_equal(np.asarray(jpeg.crops), np.asarray(blur.crops))
+    # A deadline already spent: nothing is processed, and the run records that the deadline decided it.
+    info = prepare_calibration_shift(recipe, seed=0, deadline=Deadline(1, start=time.monotonic() - 10))
+    assert info["truncated"] and info["n"] == 0
+    stored = json.loads((tmp_path / "artifacts" / "prepared" / shift_split("jpeg") / "info.json").read_text())
+    assert stored["truncated"] and stored["time_bound_decisions"][0]["stage"] == "prepare"
