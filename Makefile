@@ -71,7 +71,7 @@ bench-seeds: $(STAMP)
 
 bench-robustness: $(STAMP)
 	$(PY) benchmarks/robustness.py --data $(PROXY) --runs runs/proxy $(foreach s,$(EXTRA_SEEDS),runs/proxy-seed$(s)) \
-		--proxy-bench $$(ls -t benchmarks/results/*-proxy.json | head -1) \
+		--proxy-bench $$(ls -t benchmarks/results/[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]-proxy.json | head -1) \
 		--out benchmarks/results/$(DATE)-robustness-proxy.json
 
 explain: $(STAMP)
