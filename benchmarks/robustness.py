@@ -380,6 +380,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out trainings")
     parser.add_argument("--lofo-seconds", type=float, default=1800.0,
                         help="time budget of each leave-one-family-out training (train_augmented.py's timeout)")
+    parser.add_argument("--reuse-lofo", action="store_true",
+                        help="reuse leave-one-family-out detectors already trained in --workdir (same first run)")
     parser.add_argument("--max-images", type=int, default=None, help="only N evenly spaced images of each split (tests)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES),
                         help="a subset of the perturbation families (default: all)")
@@ -405,7 +407,9 @@ def main(argv=None) -> int:
         seed = json.loads((first / "artifacts" / "task03" / "metrics.json").read_text())["seed"]
         for family in sorted({FAMILIES[name].trained_as for name in args.families} - {None}):
             covered = [c for c in views if c[0] == "clean" or (c[0] in FAMILIES and FAMILIES[c[0]].trained_as == family)]
-            artifacts = train_without(family, first, args.data, args.workdir, seed, args.lofo_seconds)
+            artifacts = args.workdir / f"without-{family}" / "artifacts"
+            if not (args.reuse_lofo and (artifacts / "task03" / "detector.json").exists()):
+                artifacts = train_without(family, first, args.data, args.workdir, seed, args.lofo_seconds)
             scored = score_run(artifacts, args.data, {c: views[c] for c in covered}, y, tasks=("task03",))["task03"]
             metrics = json.loads((artifacts / "task03" / "metrics.json").read_text())
             lofo[family] = {**scored, "config": metrics["config"], "splits": metrics["splits"],
