@@ -78,11 +78,11 @@ def compare(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dic
 
 def run(artifacts: Path) -> dict:
     os.environ["AMLS_ARTIFACTS_DIR"] = str(artifacts)  # read only: nothing is written there
-    from aidetect.cleaning import load_prepared, shift_splits_present
-    from aidetect.detector import calibration_split_names
+    from aidetect.cleaning import load_prepared
+    from aidetect.detector import calibration_split_names, load_shift_splits
 
     splits = {name: load_prepared(name) for name in ("calibration", "calibration_augmented", *EVALUATED)}
-    splits.update({name: load_prepared(name) for name in shift_splits_present()})
+    splits.update(load_shift_splits("task03"))  # the processed sets Task 3 calibrates on (enough images each)
     labels = {name: data.source_class for name, data in splits.items()}
     result = {}
     for task in TASKS:

@@ -117,3 +117,18 @@ def test_prepare_stores_the_calibration_reals_under_each_covered_family(tmp_path
     assert info["truncated"] and info["n"] == 0
     stored = json.loads((tmp_path / "artifacts" / "prepared" / shift_split("jpeg") / "info.json").read_text())
     assert stored["truncated"] and stored["time_bound_decisions"][0]["stage"] == "prepare"
+
+
+def test_task03_threshold_is_the_largest_over_the_calibration_and_processed_sets():
+    from aidetect.detector import _calibrate
+
+    rng = np.random.default_rng(0)
+    names = calibration_split_names("task03")
+    scores = {name: rng.normal(i, 1.0, 40) for i, name in enumerate(names)}  # later sets score higher
+    labels = {name: np.zeros(40, dtype=np.int64) for name in names}
+    task03, per_set = _calibrate(scores, labels, "task03")
+    assert set(per_set) == set(names) and task03.value == max(t["value"] for t in per_set.values())
+    task02, per_set02 = _calibrate(scores, labels, "task02")
+    assert set(per_set02) == {"calibration"} and task02.value < task03.value
+    _, without_blur = _calibrate(scores, labels, "task03", ("blur",))
+    assert shift_split("gaussian_blur") not in without_blur and shift_split("jpeg") in without_blur

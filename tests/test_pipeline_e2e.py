@@ -62,14 +62,22 @@ def test_network_is_trained_and_calibrated(demo_run, task):
 def test_task03_threshold_keeps_the_bound_on_calibration_reals_under_processing(demo_run):
     """Task 3's promise is an FPR that survives processing: its threshold is the largest of the per-set
     thresholds over the calibration splits and the calibration reals processed by each covered family."""
+    from aidetect.calibration import min_calibration_size
     from aidetect.cleaning import SHIFT_DIR
 
     metrics = json.loads((demo_run["artifacts"] / "task03" / "metrics.json").read_text())
     sets = json.loads((demo_run["artifacts"] / "task03" / "detector.json").read_text())["calibration_sets"]
     processed = {name: t for name, t in sets.items() if name.startswith(SHIFT_DIR + "/")}
-    assert processed, "prepare made no calibration reals under processing, or Task 3 did not calibrate on them"
+    made = json.loads((demo_run["artifacts"] / "prepared" / SHIFT_DIR / "jpeg" / "info.json").read_text())
+    if made["n"] >= min_calibration_size(0.2, 0.05):
+        assert processed, "prepare made calibration reals under processing, but Task 3 did not calibrate on them"
+    else:  # a loaded machine left prepare no time for enough of them: Task 3 must say so, not use a few
+        assert not processed and made["time_bound_decisions"]
+        assert any(d["decision"].startswith("calibration reals under processing")
+                   for d in metrics["time_bound_decisions"])
     assert metrics["threshold"]["value"] >= max(t["value"] for t in sets.values()) - 1e-12
     assert set(metrics["calibration_under_processing"]) == {n.split("/", 1)[1] for n in processed}
+    assert {"calibration", "calibration_augmented"} <= set(sets)
     for family, result in metrics["calibration_under_processing"].items():
         assert result["fpr"] <= 0.2, family
     task02 = json.loads((demo_run["artifacts"] / "task02" / "detector.json").read_text())["calibration_sets"]
@@ -104,7 +112,7 @@ def test_predict_scores_an_image_as_its_calibration_twin_was_scored(demo_run, mo
     assert prepared.corners is not None and len(prepared.corners) == len(prepared)
     assert not (demo_run["artifacts"] / "prepared" / "train" / "corner_offsets.npy").exists()
     raw = pd.read_parquet(demo_run["data_root"] / "data" / "calibration")
-    decoded = [_decode_for_predict((i, data, False, True))[1] for i, data in enumerate(raw["image"][:12])]
+    decoded = [_decode_for_predict((i, data, True))[1] for i, data in enumerate(raw["image"][:12])]
     # The first kept images of the split, in order (the demo data has nothing to drop there).
     assert all(np.array_equal(crop, prepared.crops[i]) for i, (crop, _) in enumerate(decoded))
     detector = load_detector("task03")

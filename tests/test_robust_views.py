@@ -52,6 +52,8 @@ def test_plan_training_gives_up_views_before_images():
 def _small_training_split(root):
     images = [encode(noise_image(300 + 8 * i, 240, seed=i), "PNG") for i in range(12)]
     write_labelled_file(root / "data" / "train" / "part-0.parquet", images, [i % 6 for i in range(12)])
+    other = [encode(noise_image(200, 200, seed=100 + i), "PNG") for i in range(2)]
+    write_labelled_file(root / "data" / "calibration" / "part-0.parquet", other, [0, 1])  # a required split
 
 
 def test_prepare_stores_views_of_training_images_and_leaves_their_crops_alone(tmp_path, monkeypatch):
