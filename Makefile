@@ -68,6 +68,8 @@ bench-seeds: $(STAMP)
 		AMLS_SEED=$$seed $(PY) tools/grade.py --data $(PROXY) --quiet --out runs/proxy-seed$$seed/scorecard.json \
 			--artifacts-out runs/proxy-seed$$seed/artifacts || exit 1; \
 	done
+	$(PY) benchmarks/seeds.py --runs runs/proxy $(foreach s,$(EXTRA_SEEDS),runs/proxy-seed$(s)) \
+		--out benchmarks/results/$(DATE)-seeds-proxy.json
 
 bench-robustness: $(STAMP)
 	$(PY) benchmarks/robustness.py --data $(PROXY) --runs runs/proxy $(foreach s,$(EXTRA_SEEDS),runs/proxy-seed$(s)) \
