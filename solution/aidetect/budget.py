@@ -23,8 +23,11 @@ _PROCESS_START = time.monotonic()
 
 
 def safety_margin(timeout_seconds: float) -> float:
-    """Seconds kept free at the end of a stage: 8 % of the budget, 2 s to 120 s."""
-    return min(120.0, max(2.0, 0.08 * timeout_seconds))
+    """Seconds kept free at the end of a stage: 8 % of the budget, 5 s to 120 s.
+
+    At least 5 s because ending a process (worker pools, interpreter exit) took 2-6 s on the 2-core
+    machine after a stage had logged that it was done."""
+    return min(120.0, max(5.0, 0.08 * timeout_seconds))
 
 
 @dataclass
