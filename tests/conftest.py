@@ -50,3 +50,11 @@ def demo_run(demo_root, tmp_path_factory) -> dict:
     scorecard["data_root"] = demo_root
     scorecard["out_dir"] = out
     return scorecard
+
+
+@pytest.fixture(scope="module")
+def detector_artifacts(demo_run, tmp_path_factory) -> Path:
+    """The trained task02 detector of the demo run, without its predictions."""
+    from stagerun import task_detector_only
+
+    return task_detector_only(demo_run["artifacts"], tmp_path_factory.mktemp("detector"))

@@ -189,3 +189,9 @@ def write_labelled_file(path: Path, images, source_class, source_type=pa.int8())
     pq.write_table(pa.table({"image": pa.array(images, pa.binary()),
                              "source_class": pa.array(source_class, source_type)}), path)
     return path
+
+
+def fresh_artifacts(detector_artifacts: Path, tmp_path: Path) -> Path:
+    """A private copy of a trained detector's artifacts for one test."""
+    shutil.copytree(detector_artifacts, tmp_path / "artifacts")
+    return tmp_path / "artifacts"

@@ -10,7 +10,6 @@ reports training labels outside 0..5.
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 import subprocess
 import sys
@@ -25,8 +24,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from stagerun import (SOLUTION, assert_complete, encode, noise_image, run_stage, task_detector_only,
-                      write_labelled_file, write_predict_file)
+from stagerun import (SOLUTION, assert_complete, encode, fresh_artifacts, noise_image, run_stage, write_labelled_file,
+                      write_predict_file)
 
 from aidetect.budget import Deadline
 from aidetect.decode import MAX_PIXELS, decode_rgb
@@ -257,17 +256,6 @@ def test_a_thin_strip_is_cropped_without_blowing_up_memory(tmp_path):
 
 
 # --- the predict stage on odd data ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def detector_artifacts(demo_run, tmp_path_factory) -> Path:
-    """The trained task02 detector of the demo run, without its predictions."""
-    return task_detector_only(demo_run["artifacts"], tmp_path_factory.mktemp("detector"))
-
-
-def fresh_artifacts(detector_artifacts: Path, tmp_path: Path) -> Path:
-    shutil.copytree(detector_artifacts, tmp_path / "artifacts")
-    return tmp_path / "artifacts"
 
 
 def predict_in_process(data_dir: Path, artifacts: Path, monkeypatch) -> dict:

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from stagerun import (SOLUTION, assert_complete, encode, kill, noise_image, run_stage, start_stage, task_detector_only,
+from stagerun import (SOLUTION, assert_complete, encode, fresh_artifacts, kill, noise_image, run_stage, start_stage,
                       wait_for, write_labelled_file, write_predict_file)
 
 
@@ -88,17 +88,6 @@ def error_lines(output: str) -> list[str]:
 def small_labelled_table(n: int, seed: int) -> pa.Table:
     images = [encode(noise_image(48 + i % 5, 40, seed + i), "PNG") for i in range(n)]
     return pa.table({"image": pa.array(images, pa.binary()), "source_class": pa.array([i % 6 for i in range(n)], pa.int8())})
-
-
-@pytest.fixture(scope="module")
-def detector_artifacts(demo_run, tmp_path_factory) -> Path:
-    """The trained task02 detector of the demo run, without its predictions."""
-    return task_detector_only(demo_run["artifacts"], tmp_path_factory.mktemp("detector"))
-
-
-def fresh_artifacts(detector_artifacts: Path, tmp_path: Path) -> Path:
-    shutil.copytree(detector_artifacts, tmp_path / "artifacts")
-    return tmp_path / "artifacts"
 
 
 def report_of(artifacts: Path) -> dict:
