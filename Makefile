@@ -11,6 +11,7 @@
 #   make bench-calibration - Task 2 and Task 3 compared under the same threshold rule
 #   make bench-seeds, make bench-robustness - two more seeds of the six stages, then the robustness
 #                 comparison runs (every perturbation family, leave-one-family-out) over the three seeds
+#   make bench-robust-training - Task 3's training variants compared on a holdout of the train split
 #   make submission ID=<student id> - the course zip
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -22,7 +23,7 @@ RUN := runs/demo
 PROXY ?= ../shared/proxy
 DATE := $(shell date +%F)
 
-.PHONY: setup run demo-data test bench bench-seeds bench-robustness bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
+.PHONY: setup run demo-data test bench bench-seeds bench-robustness bench-robust-training bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
 
 $(STAMP): requirements-dev.txt solution/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +71,11 @@ bench-seeds: $(STAMP)
 	done
 	$(PY) benchmarks/seeds.py --runs runs/proxy $(foreach s,$(EXTRA_SEEDS),runs/proxy-seed$(s)) \
 		--out benchmarks/results/$(DATE)-seeds-proxy.json
+
+# Task 3's training variants compared on a holdout of the proxy's train split (never validation):
+bench-robust-training: $(STAMP)
+	$(PY) benchmarks/robust_training.py --data $(PROXY) --seeds 0 1 2 \
+		--out benchmarks/results/$(DATE)-robust-training-proxy.json
 
 bench-robustness: $(STAMP)
 	$(PY) benchmarks/robustness.py --data $(PROXY) --runs runs/proxy $(foreach s,$(EXTRA_SEEDS),runs/proxy-seed$(s)) \

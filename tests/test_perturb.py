@@ -40,7 +40,7 @@ def test_families_have_a_strength_axis_and_name_only_known_training_families():
         assert len(family.strengths) == 3 and family.moderate == family.strengths[1]
         assert family.trained_as is None or family.trained_as in TRAINING_FAMILIES
     unseen = [f for f in FAMILIES.values() if f.trained_as is None]
-    assert len(unseen) >= len(FAMILIES) // 2, "most families must be ones no training step applies"
+    assert len(unseen) >= len(FAMILIES) // 3, "a third of the families must be ones no training step applies"
     assert {f.trained_as for f in FAMILIES.values()} - {None} == set(TRAINING_FAMILIES)
 
 

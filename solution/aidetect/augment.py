@@ -3,10 +3,12 @@
 ``neutral`` (Task 2) removes container cues: every image is JPEG re-encoded
 with high probability at a random quality, so "was it a JPEG" stops telling
 real from generated, plus flips and 90-degree turns. ``robust`` (Task 3) adds
-what the augmented splits and real users do to images: JPEG down to quality
-30, blur, rescaling (up-scaling; down-scaling too for views smaller than the
-stored crop), noise, colour changes and crops (CNNDetection, Wang et al.
-2020, with wider ranges).
+what the augmented splits and real users do to images: lossy re-encoding down
+to quality 30, blur, rescaling (up-scaling; down-scaling too for views smaller
+than the stored crop), noise, colour changes and crops (CNNDetection, Wang et
+al. 2020, with wider ranges). Each kind of processing comes in several
+variants (``blur_kinds``, ``codecs``): a detector that has
+only seen Gaussian blur reads a median filter's smoothness as a generator's.
 
 ``augment`` changes a stored crop (what the network trains on). A stored crop
 cannot be down-scaled and stay a full-size crop, so ``image_view`` applies the
@@ -39,12 +41,14 @@ class AugmentPolicy:
     crop_size: int = TRAIN_CROP
     area_p: float = 0.0  # image_view only: keep a random part of the image ...
     area: tuple[float, float] = (0.8, 0.95)  # ... of this side fraction
+    blur_kinds: tuple[str, ...] = ("gaussian",)  # drawn uniformly when a view is blurred (``_blur``)
+    codecs: tuple[str, ...] = ("jpeg",)  # drawn uniformly when a view is re-encoded (``encode``)
 
 
 NEUTRAL = AugmentPolicy("neutral", jpeg_p=0.7, jpeg_quality=(70, 100))
 ROBUST = AugmentPolicy(
     "robust", jpeg_p=0.8, jpeg_quality=(30, 100), blur_p=0.4, rescale_p=0.5, noise_p=0.25, colour_p=0.3,
-    area_p=0.3,
+    area_p=0.3, blur_kinds=("gaussian", "box", "median"), codecs=("jpeg", "webp"),
 )
 POLICIES = {p.name: p for p in (NEUTRAL, ROBUST)}
 
@@ -63,10 +67,26 @@ def without(policy: AugmentPolicy, families) -> AugmentPolicy:
 
 
 def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    return encode(image, "jpeg", quality)
+
+
+def encode(image: Image.Image, codec: str, quality: int) -> Image.Image:
+    """``image`` saved with a lossy codec (``jpeg`` or ``webp``) at ``quality`` and decoded again."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=int(quality))
+    image.save(buffer, format=codec.upper(), quality=int(quality))
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
+
+
+def _blur(image: Image.Image, kind: str, strength: float) -> Image.Image:
+    """A low-pass filter of the given kind; ``strength`` is the Gaussian sigma, or its box/median equivalent."""
+    if kind == "gaussian":
+        return image.filter(ImageFilter.GaussianBlur(strength))
+    if kind == "box":
+        return image.filter(ImageFilter.BoxBlur(strength))
+    if kind == "median":  # 3x3 at a weak strength, 5x5 at a strong one
+        return image.filter(ImageFilter.MedianFilter(3 if strength < 1.2 else 5))
+    raise ValueError(f"unknown blur kind {kind!r}")
 
 
 def random_crop(array: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -81,6 +101,12 @@ def random_crop(array: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return array[top : top + size, left : left + size]
 
 
+def _choose(kinds: tuple[str, ...], rng: np.random.Generator) -> str:
+    """One of ``kinds``; a single kind draws no random number, so a one-kind policy makes the views it
+    made before kinds existed."""
+    return kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
+
+
 def _degrade(image: Image.Image, policy: AugmentPolicy, rng: np.random.Generator, min_side: int) -> np.ndarray:
     """Rescaling (never below ``min_side`` px), blur, colour and noise, each with its policy's probability."""
     if rng.random() < policy.rescale_p:
@@ -89,7 +115,8 @@ def _degrade(image: Image.Image, policy: AugmentPolicy, rng: np.random.Generator
         scale = max(factor, min_side / min(image.size))
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
     if rng.random() < policy.blur_p:
-        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(*policy.blur_sigma))))
+        kind = _choose(policy.blur_kinds, rng)
+        image = _blur(image, kind, float(rng.uniform(*policy.blur_sigma)))
     if rng.random() < policy.colour_p:
         image = ImageEnhance.Brightness(image).enhance(float(rng.uniform(0.8, 1.2)))
         image = ImageEnhance.Contrast(image).enhance(float(rng.uniform(0.8, 1.2)))
@@ -103,7 +130,9 @@ def _degrade(image: Image.Image, policy: AugmentPolicy, rng: np.random.Generator
 def _maybe_jpeg(array: np.ndarray, policy: AugmentPolicy, rng: np.random.Generator) -> np.ndarray:
     """JPEG re-encoding with the policy's probability, at a quality drawn from its range."""
     if rng.random() < policy.jpeg_p:
-        return np.asarray(jpeg(Image.fromarray(array), int(rng.integers(*policy.jpeg_quality, endpoint=True))))
+        codec = _choose(policy.codecs, rng)
+        quality = int(rng.integers(*policy.jpeg_quality, endpoint=True))
+        return np.asarray(encode(Image.fromarray(array), codec, quality))
     return array
 
 

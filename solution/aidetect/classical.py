@@ -31,11 +31,17 @@ class ClassicalDetector:
         self.kind = kind
         self.classifier = make_classifier(kind)
 
-    def fit_features(self, features: np.ndarray, y: np.ndarray) -> "ClassicalDetector":
+    def fit_features(self, features: np.ndarray, y: np.ndarray,
+                     sample_weight: np.ndarray | None = None) -> "ClassicalDetector":
+        """Fit on feature rows; ``sample_weight`` multiplies the balanced class weights row by row."""
+        fit_params = {}
+        if sample_weight is not None:
+            step = "logisticregression__" if self.kind == "logistic" else ""
+            fit_params[f"{step}sample_weight"] = sample_weight
         # One thread: on a few thousand rows, OpenMP threads fighting the
         # training process for the cores made the fit ~10x slower, not faster.
         with threadpool_limits(1):
-            self.classifier.fit(features, y)
+            self.classifier.fit(features, y, **fit_params)
         return self
 
     def fit(self, crops: np.ndarray, y: np.ndarray) -> "ClassicalDetector":

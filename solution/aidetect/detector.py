@@ -48,7 +48,8 @@ SEED = run_seed()
 # colour input cost validation AUC (0.858 with it, 0.941 without, same seed and data, families of the
 # 2026-11-26 04:07 benchmark; 0.932 without it with other batch seeds; 0.959 for the packaged Task-2
 # network of the 05:04 benchmark). Colour carries content, a likely reason.
-TASK02_CONFIG = TrainConfig(policy="neutral", with_rgb=False, epochs=60, patience=12, lr=2e-3, seed=SEED)
+TASK02_CONFIG = TrainConfig(policy="neutral", with_rgb=False, epochs=60, patience=12, min_epochs=30, lr=2e-3,
+                            seed=SEED)
 TASK03_CONFIG = TrainConfig(policy="robust", with_rgb=False, clean_fraction=0.3, epochs=30, patience=10, lr=1e-3,
                             seed=SEED)
 TASK_CALIBRATION_SPLITS = {"task02": ("calibration",), "task03": ("calibration", "calibration_augmented")}
@@ -259,6 +260,15 @@ def classical_training_features(task: str, train: PreparedSplit, indices: np.nda
     return np.vstack(clean + views), np.concatenate([labels, view_labels])
 
 
+def view_weights(labels: np.ndarray, n_clean: int, real_view_weight: float) -> np.ndarray | None:
+    """Row weights of ``classical_training_features``' rows (its first ``n_clean`` rows are the clean crops)."""
+    if real_view_weight == 1.0:
+        return None
+    weights = np.ones(len(labels))
+    weights[n_clean:][labels[n_clean:] == 0] = real_view_weight
+    return weights
+
+
 # The fallback learns from every training image unless that would take more than this share of the stage's
 # remaining time. The cost is extrapolated from features timed on 8 crops, which a busy machine can inflate
 # several-fold, so a tighter share would shrink the training set (and change the model) with the load.
@@ -282,7 +292,8 @@ def feature_seconds_per_crop(crops: np.ndarray) -> float:
 def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: dict[str, PreparedSplit],
                  seed: int, deadline: Deadline, per_crop: float | None = None,
                  exclude_families: tuple[str, ...] = (),
-                 time_bound: list[dict] | None = None) -> tuple[ClassicalDetector, dict]:
+                 time_bound: list[dict] | None = None,
+                 real_view_weight: float = 1.0) -> tuple[ClassicalDetector, dict]:
     """The classical detector, fitted and calibrated within a share of the budget, saved as the active detector.
 
     The training set is subsampled (stratified) only when scoring the
@@ -291,7 +302,9 @@ def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: d
     ``time_bound``. The other splits are scored only if that still fits
     (``train_task`` scores them after training when the fusion needs them).
     ``per_crop`` is the feature time per crop (``feature_seconds_per_crop``),
-    timed here if not given. Returns the model and its scores per split.
+    timed here if not given; ``real_view_weight`` weighs the processed views of
+    real images (``TrainConfig.classical_real_view_weight``). Returns the model
+    and its scores per split.
     """
     t0 = time.monotonic()
     budget = FALLBACK_SHARE * deadline.remaining()
@@ -310,7 +323,8 @@ def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: d
             time_bound.append(record)
         indices = indices[keep]
     features, labels = classical_training_features(task, train, indices, seed, exclude_families)
-    model = ClassicalDetector("boosting").fit_features(features, labels)
+    weights = view_weights(labels, len(indices), real_view_weight)
+    model = ClassicalDetector("boosting").fit_features(features, labels, weights)
     log.info("classical model fitted on %d crops and views in %.1fs", len(labels), time.monotonic() - t0)
     corners = uses_corners(task, splits)
     scores = {name: classical_split_scores(model, splits[name], corners) for name in required}
@@ -405,7 +419,7 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     per_crop = feature_seconds_per_crop(np.asarray(train.crops[train_idx[:8]]))
     excluded = config.exclude_families
     classical, classical_scores = fit_fallback(task, train, train_idx, splits, config.seed, deadline, per_crop,
-                                               excluded, time_bound)
+                                               excluded, time_bound, config.classical_real_view_weight)
     classical_threshold, _ = _calibrate(classical_scores, labels, task, excluded)
     n_eval = sum(len(s) for s in splits.values()) + len(holdout_idx) * 2
     # Splits the fallback had no time for get classical scores after training (for the fusion).

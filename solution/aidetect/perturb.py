@@ -5,9 +5,8 @@ median filtering, ...) at three strengths, mild to strong; the middle one is
 the family's *moderate* strength. The families are far broader than what the
 detector trains on: ``trained_as`` names the training augmentation
 (``augment.TRAINING_FAMILIES``) that covers a family, and is ``None`` for a
-family no training step ever applies (other codecs, other resampling kernels,
-sharpening, other smoothing and noise, tone curves, aspect changes, padding,
-chains). The robustness benchmark scores images processed by every family,
+family no training step ever applies (other resampling kernels and aspect
+changes, sharpening, signal-dependent noise, tone curves, padding, chains). The robustness benchmark scores images processed by every family,
 and trains leave-one-family-out detectors for the covered ones; Task 3's
 threshold is also calibrated on real images processed by the covered families
 (``calibration_families``).
@@ -141,13 +140,13 @@ class Family:
 
 _SINGLE = (
     Family("jpeg", jpeg, (90, 70, 50), "quality", "jpeg"),
-    Family("webp", webp, (90, 70, 50), "quality", None),
+    Family("webp", webp, (90, 70, 50), "quality", "jpeg"),  # training's lossy codecs: JPEG and WebP
     Family("downscale", downscale, (0.9, 0.7, 0.5), "factor", "rescale"),
     Family("upscale", upscale, (1.25, 1.5, 2.0), "factor", "rescale"),
     Family("aspect", aspect, (1.1, 1.25, 1.5), "stretch", None),
     Family("gaussian_blur", gaussian_blur, (0.5, 1.0, 1.5), "sigma", "blur"),
-    Family("box_blur", box_blur, (0.5, 1.0, 1.5), "radius", None),
-    Family("median", median, (1, 2, 3), "3x3 passes", None),
+    Family("box_blur", box_blur, (0.5, 1.0, 1.5), "radius", "blur"),  # training blurs: Gaussian, box, median
+    Family("median", median, (1, 2, 3), "3x3 passes", "blur"),
     Family("sharpen", sharpen, (50, 100, 200), "percent", None),
     Family("brightness_contrast", brightness_contrast, (0.1, 0.2, 0.3), "change", "colour"),
     Family("gamma_saturation", gamma_saturation, (0.1, 0.2, 0.35), "change", None),
