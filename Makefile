@@ -11,7 +11,8 @@
 #   make bench-calibration - Task 2 and Task 3 compared under the same threshold rule
 #   make bench-seeds, make bench-robustness - two more seeds of the six stages, then the robustness
 #                 comparison runs (every perturbation family, leave-one-family-out) over the three seeds
-#   make bench-robust-training - Task 3's training variants compared on a holdout of the train split
+#   make bench-robust-training, make bench-fusion-share - Task 3's training variants and its fusion share,
+#                 compared on a holdout of the train split
 #   make submission ID=<student id> - the course zip
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -23,7 +24,7 @@ RUN := runs/demo
 PROXY ?= ../shared/proxy
 DATE := $(shell date +%F)
 
-.PHONY: setup run demo-data test bench bench-seeds bench-robustness bench-robust-training bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
+.PHONY: setup run demo-data test bench bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
 
 $(STAMP): requirements-dev.txt solution/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +77,11 @@ bench-seeds: $(STAMP)
 bench-robust-training: $(STAMP)
 	$(PY) benchmarks/robust_training.py --data $(PROXY) --seeds 0 1 2 \
 		--out benchmarks/results/$(DATE)-robust-training-proxy.json
+
+# After bench-robust-training (it reads runs/robust-training): the network's share of Task 3's fused score
+bench-fusion-share: $(STAMP)
+	$(PY) benchmarks/fusion_share.py --workdir runs/robust-training --variant broad --seed 0 \
+		--out benchmarks/results/$(DATE)-fusion-share-proxy.json
 
 bench-robustness: $(STAMP)
 	$(PY) benchmarks/robustness.py --data $(PROXY) --runs runs/proxy $(foreach s,$(EXTRA_SEEDS),runs/proxy-seed$(s)) \
