@@ -64,6 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attribute-seconds", type=float, default=1800.0,
                         help="budget of the deployed attributor (generous: on a loaded machine a stage-like 600 s "
                              "truncates the fit and the evaluation)")
+    parser.add_argument("--note", default=None, help="with --from-json: a note printed under the header")
     parser.add_argument("--w", type=float, default=None, help="W of the challenge metric (default: the package's)")
     return parser
 
@@ -99,23 +100,54 @@ TARGETS = (
 
 
 def targets(result: dict) -> list[dict]:
-    """The issue's targets, measured: LOGO on validation with each run's selected score, accuracy of the deployed."""
-    runs = [r["splits"]["validation"] for r in result.get("logo", [])]
-    chosen = [r["deployed"]["outlier_score"] for r in result.get("logo", [])]
+    """The issue's targets, measured: LOGO on validation with each run's selected score, accuracy of the deployed.
+
+    Each target carries ``reason``: the measurement that explains its value.
+    """
+    logo = result.get("logo", [])
+    runs = [r["splits"]["validation"] for r in logo]
+    chosen = [r["deployed"]["outlier_score"] for r in logo]
     aurocs = [s["held_out"]["outlier_roc_auc"][c] for s, c in zip(runs, chosen)]
     rejected = [s["held_out"]["rejected_outlier"][c] for s, c in zip(runs, chosen)]
     known_rejected = [s["known_generators"]["rejected_outlier"][c] for s, c in zip(runs, chosen)]
     splits = result.get("attribution", {}).get("splits", {})
-    values = [
-        float(sum(aurocs) / len(aurocs)) if aurocs else float("nan"),
-        min(aurocs) if aurocs else float("nan"),
-        min(rejected) if rejected else float("nan"),
-        max(known_rejected) if known_rejected else float("nan"),
-        splits.get("validation", {}).get("deployed", {}).get("accuracy", float("nan")),
-        splits.get("validation_augmented", {}).get("deployed", {}).get("accuracy", float("nan")),
+
+    def mean(values):
+        return float(sum(values) / len(values)) if values else float("nan")
+
+    names = list(runs[0]["held_out"]["outlier_roc_auc"]) if runs else []
+    best_mean = {n: mean([s["held_out"]["outlier_roc_auc"][n] for s in runs]) for n in names}
+    best = max(best_mean, key=best_mean.get) if best_mean else None
+    per_run = ", ".join(f"g{r['held_out']} {c} {a:.2f}" for r, c, a in zip(logo, chosen, aurocs))
+    bounds = [r["outlier_thresholds"][c]["rate_bound_95"] for r, c in zip(logo, chosen)]
+    n_cal = [min(p["n_calibration"] for p in r["outlier_thresholds"][c]["per_set"].values())
+             for r, c in zip(logo, chosen)]
+    auroc_reason = (f"selected score per run: {per_run}; the best single candidate in hindsight (not selectable "
+                    f"without the held-out labels), {best}, averages {best_mean[best]:.2f}" if best else "no LOGO run")
+    guaranteed = all(r["outlier_thresholds"][c]["guaranteed_all_sets"] for r, c in zip(logo, chosen))
+    reject_reason = ("no LOGO run" if not logo else
+                     f"1 % threshold from {min(n_cal)}-{max(n_cal)} known generated calibration images per set, "
+                     f"95 % bound on the known rate {100 * min(bounds):.1f}-{100 * max(bounds):.1f} %"
+                     + ("" if guaranteed else " (too few for a 1 % guarantee, which needs 299: the threshold is the "
+                        "largest known calibration score, so a held-out image is rejected only above all of them)"))
+
+    def accuracy_reason(split):
+        s = splits.get(split, {})
+        accs = {k: v["accuracy"] for k, v in s.get("closed_set", {}).items()}
+        return ("deployed classifier " + s.get("deployed", {}).get("classifier", "?") + "; all classifiers: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in accs.items())) if accs else "not evaluated"
+
+    measured = [
+        (mean(aurocs), auroc_reason),
+        (min(aurocs) if aurocs else float("nan"), auroc_reason),
+        (min(rejected) if rejected else float("nan"), reject_reason),
+        (max(known_rejected) if known_rejected else float("nan"), reject_reason),
+        (splits.get("validation", {}).get("deployed", {}).get("accuracy", float("nan")), accuracy_reason("validation")),
+        (splits.get("validation_augmented", {}).get("deployed", {}).get("accuracy", float("nan")),
+         accuracy_reason("validation_augmented")),
     ]
-    return [{"name": name, "value": value, "goal": goal, "met": bool(value == value and test(value))}
-            for (name, goal, test), value in zip(TARGETS, values)]
+    return [{"name": name, "value": value, "goal": goal, "met": bool(value == value and test(value)), "reason": reason}
+            for (name, goal, test), (value, reason) in zip(TARGETS, measured)]
 
 
 def plot_logo_scores(results: list[dict], split: str, path: Path) -> None:
@@ -157,12 +189,18 @@ def markdown(result: dict) -> str:
              f"{result['machine']['torch_threads']} torch thread(s), {result['machine'].get('note', '')}; "
              f"total {result['seconds']:.0f} s.", "",
              f"Command: `{result['command']}`", "",
+             *([f"**Note:** {result['note']}", ""] if result.get("note") else []),
+             *([f"**Partial leave-one-generator-out:** generators {result['logo_completed']} of the planned "
+                f"{result['logo_planned']} finished; the LOGO targets below are measured on those only.", ""]
+               if result.get("logo_completed") is not None
+               and result["logo_completed"] != result.get("logo_planned") else []),
              f"Data: {result['dataset']} (splits train, calibration, calibration_augmented, validation, "
              f"validation_augmented; predict scored with its labels); W = {result['w']} in the challenge metric "
              "score_c = TPR_c / (1 + W * FPR_c), macro average over the known classes.", "",
-             "## Targets", "", "| target | value | goal | met |", "|---|---|---|---|"]
+             "## Targets", "", "| target | value | goal | met | why (measured) |", "|---|---|---|---|---|"]
     for t in result.get("targets", []):
-        lines.append(f"| {t['name']} | {num(t['value'])} | {t['goal']} | {'yes' if t['met'] else 'no'} |")
+        lines.append(f"| {t['name']} | {num(t['value'])} | {t['goal']} | {'yes' if t['met'] else 'no'} | "
+                     f"{t.get('reason', '')} |")
     main = result.get("attribution")
     if main:
         kind, score = main["deployed"]["classifier"], main["deployed"]["outlier_score"]
@@ -228,6 +266,8 @@ def main(argv=None) -> int:
         import json
 
         result = json.loads(args.out.read_text())
+        if args.note:
+            result["note"] = args.note
         write_outputs(result, args, stem)
         return 0
     os.environ["AMLS_ARTIFACTS_DIR"] = str(args.artifacts.resolve())
@@ -264,7 +304,7 @@ def main(argv=None) -> int:
                     "feature_workers": available_cpus(), "platform": platform.platform(),
                     "note": os.environ.get("BENCH_MACHINE_NOTE", "")},
         "dataset": args.data.resolve().parent.name + "/" + args.data.name, "artifacts": str(args.artifacts),
-        "w": w,
+        "w": w, "logo_planned": list(args.held_out),
     }
     work = Path(tempfile.mkdtemp(prefix="attribution_bench_"))
     try:
@@ -308,7 +348,13 @@ def main(argv=None) -> int:
 
 
 def write_outputs(result: dict, args, stem: Path) -> None:
+    """Targets into the JSON, then the markdown and the LOGO figures (also from a partial, interrupted run)."""
+    from aidetect.dataio import write_json
+
+    result["logo_planned"] = result.get("logo_planned", list(args.held_out))
+    result["logo_completed"] = [r["held_out"] for r in result.get("logo", [])]
     result["targets"] = targets(result)
+    write_json(args.out, result)
     for split in ("validation", "validation_augmented"):
         if result.get("logo"):
             plot_logo_scores(result["logo"], split, args.figures / f"{stem.name}-logo-scores-{split}.png")

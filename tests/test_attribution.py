@@ -329,3 +329,16 @@ def test_outlier_bound_matches_its_formula_when_guaranteed(n):
     assert summary["rate_bound_95"] == pytest.approx(beta.ppf(1 - OUTLIER_DELTA, n - k + 1, k))
     assert summary["rate_bound_95"] <= OUTLIER_MAX_FPR + 1e-12
     assert binom.sf(k - 1, n, 1 - OUTLIER_MAX_FPR) <= OUTLIER_DELTA
+
+
+def test_open_set_says_when_it_needs_fingerprints():
+    emb, labels = _synthetic(12, 4)
+    open_set = fit_open_set(emb, labels, {"calibration": emb}, {"calibration": labels}, known=tuple(range(6)))
+    for kind in CLASSIFIERS:
+        for score in OUTLIER_SCORES:
+            open_set.classifier_kind, open_set.outlier_score = kind, score
+            expected = kind in ("gaussian", "logistic") or score.split("/")[1] in ("fingerprint", "joint")
+            assert open_set.needs_fingerprint == expected
+            without = Embedded(emb.binary_logit, emb.source_logit, emb.embedding, None)
+            if not expected:  # what predict relies on: labelling works without fingerprint features
+                assert len(open_set.label(without)) == len(labels)

@@ -534,6 +534,12 @@ class OpenSet:
     def classifier(self) -> KnownClassifier:
         return self.classifiers[self.classifier_kind]
 
+    @property
+    def needs_fingerprint(self) -> bool:
+        """Whether the deployed classifier or outlier score reads the fingerprint features."""
+        return self.classifier_kind in ("gaussian", "logistic") or \
+            OUTLIER_CANDIDATES[self.outlier_score][1] in ("fingerprint", "joint")
+
     def scores(self, emb: Embedded) -> dict[str, np.ndarray]:
         return {name: scorer.score(emb) for name, scorer in self.scorers.items()}
 
@@ -851,7 +857,7 @@ def plot_score_distributions(panels: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels), 2.9), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 2.9 * len(panels)), 3.1), squeeze=False, sharey=True)
     bins = np.linspace(0, 100, 21)
     for ax, panel in zip(axes[0], panels):
         reference = np.sort(np.asarray(panel["known"]))
@@ -860,17 +866,19 @@ def plot_score_distributions(panels: list[dict], path: Path) -> None:
             return 100.0 * np.searchsorted(reference, np.asarray(x), side="right") / max(1, len(reference))
 
         ax.hist(percentile(panel["known"]), bins=bins, density=True, alpha=0.55, color="C0",
-                label=f"known generated (n={len(panel['known'])})")
+                label="known generated")
         ax.hist(percentile(panel["held_out"]), bins=bins, density=True, alpha=0.55, color="C3",
-                label=f"held out (n={len(panel['held_out'])})")
+                label="held-out generator")
         ax.axvline(percentile([panel["threshold"]])[0], color="black", linestyle="--", linewidth=1.2,
                    label="1 % threshold")
-        ax.set_title(panel["title"], fontsize=10)
+        ax.set_title(f"{panel['title']}\nn = {len(panel['known'])} known, {len(panel['held_out'])} held out",
+                     fontsize=10)
         ax.set_xlabel("percentile among known", fontsize=10)
         ax.tick_params(labelsize=9)
     axes[0][0].set_ylabel("density", fontsize=10)
-    axes[0][0].legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=150)
@@ -904,7 +912,8 @@ def predict_folder(attributor: Attributor | None, folder: Path, target: Path, de
         if pending_crops:
             crops = np.stack(pending_crops)
             emb = embed(attributor.model, crops, None, desc=None)
-            emb.fingerprint = fingerprint_features(crops, workers=1)
+            if attributor.open_set.needs_fingerprint:  # the slower half of the work, skipped when unused
+                emb.fingerprint = fingerprint_features(crops, workers=1)
             labels.extend(attributor.label(emb).tolist())
             row_ids.extend(pending_ids)
             pending_ids.clear()
