@@ -1124,7 +1124,8 @@ FAMILY_LABELS = {
     "classical_logistic": "features + logistic regr.", "classical_boosting": "features + gradient boosting",
     "tracenet": "TraceNet (high-pass)", "tracenet_rgb": "TraceNet + RGB input", "course_baseline": "course baseline CNN",
 }
-SCORE_LABELS = {"centroid_distance": "centroid distance", "max_softmax": "max. softmax", "energy": "energy"}
+SCORE_LABELS = {"centroid_distance": "centroid distance", "max_softmax": "max. softmax", "energy": "energy",
+                "energy/head": "energy (source head)", "max_softmax/head": "max. softmax (source head)"}
 
 
 def _class_label(key) -> str:
@@ -1190,13 +1191,14 @@ def attribution_section(main: dict | None, logo: list | None, predict_scored: di
         split = dig(run, "splits", "validation")
         if not isinstance(split, dict):
             continue
+        score = dig(run, "deployed", "outlier_score") or "centroid_distance"  # the run's own deployed score
         rows.append([f"gen {run.get('held_out', '?')}", cell(split, ("held_out", "n"), fmt_int),
                      cell(split, ("held_out", "flagged_generated")),
                      cell(split, ("known_generators", "flagged_generated")), cell(split, ("real", "fpr")),
                      cell(split, ("held_out", "binary_roc_auc_vs_real")),
-                     cell(split, ("held_out", "rejected_outlier", "centroid_distance")),
-                     cell(split, ("known_outlier_rate", "centroid_distance")),
-                     cell(split, ("held_out", "outlier_roc_auc", "centroid_distance"))])
+                     cell(split, ("held_out", "rejected_outlier", score)),
+                     cell(split, ("known_outlier_rate", score)),
+                     cell(split, ("held_out", "outlier_roc_auc", score))])
     if not rows:
         rows = [[NOT_RUN] * 9]
     tables["logo"] = _table(["held out", "n", "flagged", "known flagged", "real FPR", "AUC vs real", "rejected",
