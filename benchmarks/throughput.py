@@ -162,6 +162,16 @@ def measure(name: str, images: list[bytes], n: int, source: Path, timeout: float
     return rows
 
 
+def describe_detectors(artifacts: Path) -> str:
+    """The detectors by kind and content hash, not by a path of this machine."""
+    parts = []
+    for _, task in STAGES:
+        description = artifacts / task / "detector.json"
+        digest = hashlib.sha256(description.read_bytes()).hexdigest()[:16]
+        parts.append(f"{task} {json.loads(description.read_text())['kind']} (detector.json sha256 {digest})")
+    return ", ".join(parts)
+
+
 def markdown(result: dict) -> str:
     lines = [f"# Predict throughput, {result['date']}", "",
              f"Machine: {result['machine']['cpu']} ({result['machine']['nproc']} cores), shared with other jobs: "
@@ -212,7 +222,8 @@ def main() -> None:
         sets["proxy"] = proxy_images(Path(args.data))
     if "synthetic" in args.sets:
         sets["synthetic"] = synthetic_images()
-    result = {**header(), "commit": commit + (" (solution/ modified)" if dirty else ""), "artifacts": args.artifacts,
+    result = {**header(), "commit": commit + (" (solution/ modified)" if dirty else ""),
+              "artifacts": describe_detectors(Path(args.artifacts)),
               "timeout_seconds": args.timeout, "data": {name: text for name, (_, text) in sets.items()}, "runs": []}
     with tempfile.TemporaryDirectory(prefix="throughput-") as work:
         for name, (images, _) in sets.items():

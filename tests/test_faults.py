@@ -360,7 +360,8 @@ def test_unusable_evaluation_splits_are_skipped_and_an_empty_required_one_is_a_c
     assert sorted(p.parent.name for p in (artifacts / "prepared").glob("*/info.json")) == [
         "calibration", "calibration_augmented", "train"]
     for stage, task in (("train", "task02"), ("train_augmented", "task03")):
-        result = run_stage(stage, data, artifacts, timeout=30)  # a short budget: the fallback detector is enough
+        # A short budget: the fallback detector is enough. The limit only allows for a slow start on a busy machine.
+        result = run_stage(stage, data, artifacts, timeout=30, limit=300)
         assert result.returncode == 0 and "Traceback" not in result.output, result.output[-3000:]
         assert (artifacts / task / "detector.json").is_file()
     # Task 3 calibrated on the split that has real images, and said why it left the other out.
@@ -439,7 +440,7 @@ def test_predict_augmented_without_a_usable_task3_detector_uses_the_task2_one(de
     data = demo_run["data_root"] / "data"
     guard = WritesOnlyArtifacts(tmp_path, artifacts)
 
-    result = run_stage("predict_augmented", data, artifacts, timeout=60)
+    result = run_stage("predict_augmented", data, artifacts, timeout=60, limit=300)
 
     assert result.returncode == 0 and "Traceback" not in result.output, result.output[-3000:]
     assert not error_lines(result.stdout), error_lines(result.stdout)
@@ -473,11 +474,11 @@ def test_training_data_that_cannot_train_stops_training_with_one_line(tmp_path, 
     stale.write_text('{"kind": "classical", "weights": "fallback.pkl"}')
     guard = WritesOnlyArtifacts(tmp_path, artifacts)
 
-    prepared = run_stage("prepare", data, artifacts, timeout=60)
+    prepared = run_stage("prepare", data, artifacts, timeout=60, limit=300)
     assert "Traceback" not in prepared.output
     assert prepared.returncode == (2 if fault == "no usable image" else 0), prepared.output[-3000:]
     for stage in ("train", "train_augmented"):
-        result = run_stage(stage, data, artifacts, timeout=60)  # the check comes first: it fails in seconds
+        result = run_stage(stage, data, artifacts, timeout=60, limit=300)  # the check comes first: it fails fast
         assert result.returncode == 2 and "Traceback" not in result.output, result.output[-3000:]
         [error] = error_lines(result.stdout)
         expected = "no prepared training images" if fault == "no usable image" else "all of one class"
