@@ -49,7 +49,7 @@ def proxy_images(folder: Path) -> tuple[list[bytes], str]:
     table = pq.read_table(folder, columns=["image"])
     images = table.column("image").to_pylist()
     digest = hashlib.sha256(b"".join(images)).hexdigest()[:16]
-    return images, f"{len(images)} images of {folder} (sha256 of their bytes {digest})"
+    return images, f"{len(images)} images of the predict split given by --data (sha256 of their bytes {digest})"
 
 
 def synthetic_images(n: int = 64, seed: int = 0) -> tuple[list[bytes], str]:
@@ -179,6 +179,7 @@ def markdown(result: dict) -> str:
              f"Command: `{result['command']}`. Code: {result['commit']}. Detectors: {result['artifacts']}. "
              f"Timeout {result['timeout_seconds']:.0f} s per stage.", "",
              *[f"- `{name}`: {text}" for name, text in result["data"].items()], "",
+             *([result["notes"], ""] if result.get("notes") else []),
              "`images/s (wall)`: rows scored / wall seconds of the process; `(loop)`: / the seconds the stage reports; "
              "`CPU ms/image`: user + system CPU time of the stage and its workers per scored row; `CPU-bound images/s`: "
              "the rate those CPU seconds allow with every CPU of this machine free (an estimate, not a measurement).", "",
