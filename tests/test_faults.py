@@ -351,7 +351,7 @@ def test_unusable_evaluation_splits_are_skipped_and_an_empty_required_one_is_a_c
     guard = WritesOnlyArtifacts(tmp_path, artifacts)
 
     for stage in ("clean", "prepare"):
-        result = run_stage(stage, data, artifacts, timeout=60)
+        result = run_stage(stage, data, artifacts, timeout=60, limit=300)
         assert result.returncode == 0, f"{stage}: {result.output[-3000:]}"
         assert "Traceback" not in result.output
         warnings = warning_lines(result.stdout)
