@@ -13,6 +13,8 @@
 #                 comparison runs (every perturbation family, leave-one-family-out) over the three seeds
 #   make bench-robust-training, make bench-fusion-share - Task 3's training variants and its fusion share,
 #                 compared on a holdout of the train split
+#   make bench-throughput - images per second and peak memory of both predict stages on 1,000 and 20,000 images
+#                 (after `make bench`: it uses that run's detectors)
 #   make submission ID=<student id> - the course zip
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -24,7 +26,7 @@ RUN := runs/demo
 PROXY ?= ../shared/proxy
 DATE := $(shell date +%F)
 
-.PHONY: setup run demo-data test bench bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
+.PHONY: setup run demo-data test bench bench-throughput bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
 
 $(STAMP): requirements-dev.txt solution/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +60,10 @@ bench-attribution: $(STAMP)
 bench-jpeg-bias: $(STAMP)
 	$(PY) benchmarks/jpeg_bias.py --artifacts $(PROXY_RUN) --data $(PROXY) \
 		--out benchmarks/results/$(DATE)-jpeg-bias-proxy.json
+
+bench-throughput: $(STAMP)
+	$(PY) benchmarks/throughput.py --artifacts $(PROXY_RUN) --data $(PROXY)/data/predict --images 1000 20000 \
+		--out benchmarks/results/$(DATE)-throughput.json
 
 bench-calibration: $(STAMP)
 	$(PY) benchmarks/same_calibration.py --artifacts $(PROXY_RUN) \

@@ -12,6 +12,9 @@ exit, and no file written outside ``artifacts/``.
   queued, and a SIGTERM still writes the file;
 - a tiny 16-bit PNG of 40 megapixels decodes in bounded memory;
 - an empty evaluation-only split is skipped; an empty required one is a clear error;
+- a calibration split without usable real images is skipped when another has them;
+- predict_augmented without a usable Task-3 detector predicts with the Task-2 one, and says so;
+- training data without a usable image, or of one class, stops training with one line;
 - any exception reaching a stage's top is one line, not a traceback.
 """
 from __future__ import annotations
@@ -333,7 +336,7 @@ def test_the_pixel_budget_counts_bytes_per_pixel():
 # --- 6. empty evaluation-only splits ------------------------------------------------
 
 
-def test_an_empty_evaluation_split_is_skipped_and_an_empty_required_one_is_a_clear_error(tmp_path):
+def test_unusable_evaluation_splits_are_skipped_and_an_empty_required_one_is_a_clear_error(tmp_path):
     data = tmp_path / "data"
     write_labelled_file(data / "train" / "part-0.parquet", [encode(noise_image(48, 40, i), "PNG") for i in range(24)],
                         [i % 6 for i in range(24)])
@@ -341,21 +344,30 @@ def test_an_empty_evaluation_split_is_skipped_and_an_empty_required_one_is_a_cle
                         [encode(noise_image(48, 40, 100 + i), "PNG") for i in range(12)], [i % 2 for i in range(12)])
     (data / "validation").mkdir()  # no parquet file at all
     write_labelled_file(data / "validation_augmented" / "part-0.parquet", [], [])  # zero rows
-    write_labelled_file(data / "calibration_augmented" / "part-0.parquet", [b"not an image"] * 3, [0, 1, 0])
+    # Its real images do not decode, its generated one does: no usable real image to calibrate Task 3 on.
+    write_labelled_file(data / "calibration_augmented" / "part-0.parquet",
+                        [b"not an image", encode(noise_image(48, 40, 200), "PNG"), b"not an image"], [0, 1, 0])
     artifacts = tmp_path / "artifacts"
     guard = WritesOnlyArtifacts(tmp_path, artifacts)
 
     for stage in ("clean", "prepare"):
-        result = run_stage(stage, data, artifacts, timeout=60)
+        result = run_stage(stage, data, artifacts, timeout=60, limit=300)
         assert result.returncode == 0, f"{stage}: {result.output[-3000:]}"
         assert "Traceback" not in result.output
         warnings = warning_lines(result.stdout)
         for split in ("validation", "validation_augmented"):
             assert any(split in line and "skipped" in line for line in warnings), (stage, split, warnings)
-    assert sorted(p.parent.name for p in (artifacts / "prepared").glob("*/info.json")) == ["calibration", "train"]
-    result = run_stage("train", data, artifacts, timeout=30)  # a short budget: the fallback detector is enough here
-    assert result.returncode == 0 and "Traceback" not in result.output, result.output[-3000:]
-    assert (artifacts / "task02" / "detector.json").is_file()
+    assert sorted(p.parent.name for p in (artifacts / "prepared").glob("*/info.json")) == [
+        "calibration", "calibration_augmented", "train"]
+    for stage, task in (("train", "task02"), ("train_augmented", "task03")):
+        # A short budget: the fallback detector is enough. The limit only allows for a slow start on a busy machine.
+        result = run_stage(stage, data, artifacts, timeout=30, limit=300)
+        assert result.returncode == 0 and "Traceback" not in result.output, result.output[-3000:]
+        assert (artifacts / task / "detector.json").is_file()
+    # Task 3 calibrated on the split that has real images, and said why it left the other out.
+    assert any("calibration_augmented holds no usable real image" in line for line in warning_lines(result.stdout))
+    calibration_sets = json.loads((artifacts / "task03" / "detector.json").read_text())["calibration_sets"]
+    assert "calibration" in calibration_sets and "calibration_augmented" not in calibration_sets
     guard.check()
 
     shutil.rmtree(artifacts)
@@ -397,3 +409,79 @@ def test_an_unwritable_artifacts_folder_is_one_line_not_a_traceback(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.output, result.output[-3000:]
     [error] = error_lines(result.stdout)
     assert "stage predict failed" in error and "Error" in error, error
+
+
+# --- Task 3 degrades gracefully -----------------------------------------------------------
+
+
+def test_a_calibration_split_without_real_images_is_skipped_when_another_has_them(caplog):
+    from aidetect.detector import _calibrate
+    from aidetect.errors import DataError
+
+    rng = np.random.default_rng(0)
+    scores = {"calibration": rng.normal(size=40), "calibration_augmented": rng.normal(size=10)}
+    labels = {"calibration": np.repeat([0, 1], 20), "calibration_augmented": np.ones(10, dtype=np.int64)}
+    with caplog.at_level(logging.WARNING, logger="aidetect.detector"):
+        threshold, per_set = _calibrate(scores, labels, "task03")
+    assert list(per_set) == ["calibration"] and threshold.n_calibration == 20
+    assert any("calibration_augmented holds no usable real image" in r.getMessage() for r in caplog.records)
+    with pytest.raises(DataError, match="no real images in the calibration splits"):
+        _calibrate({"calibration": scores["calibration"][20:]}, {"calibration": labels["calibration"][20:]}, "task03")
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt weights"])
+def test_predict_augmented_without_a_usable_task3_detector_uses_the_task2_one(demo_run, detector_artifacts, tmp_path,
+                                                                           damage):
+    artifacts = fresh_artifacts(detector_artifacts, tmp_path)  # the trained task02 detector only
+    if damage == "corrupt weights":
+        shutil.copytree(artifacts / "task02", artifacts / "task03")
+        weights = artifacts / "task03" / json.loads((artifacts / "task03" / "detector.json").read_text())["weights"]
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    data = demo_run["data_root"] / "data"
+    guard = WritesOnlyArtifacts(tmp_path, artifacts)
+
+    result = run_stage("predict_augmented", data, artifacts, timeout=60, limit=300)
+
+    assert result.returncode == 0 and "Traceback" not in result.output, result.output[-3000:]
+    assert not error_lines(result.stdout), error_lines(result.stdout)
+    [warning] = [line for line in warning_lines(result.stdout) if "predicting with the task02 detector" in line]
+    assert "no usable task03 detector" in warning
+    row_ids = pq.read_table(data / "predict", columns=["row_id"]).column("row_id").to_pylist()
+    labels = assert_complete(artifacts / "task03" / "predictions.csv", row_ids)
+    assert labels == assert_complete(demo_run["artifacts"] / "task02" / "predictions.csv", row_ids)
+    report = json.loads((artifacts / "task03" / "predict_report.json").read_text())
+    assert report["detector_task"] == "task02" and "no usable task03 detector" in report["detector_fallback"]
+    assert report["unscored_row_ids"] == []
+    guard.check()
+
+
+# --- training data that cannot train ------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["no usable image", "one class"])
+def test_training_data_that_cannot_train_stops_training_with_one_line(tmp_path, fault):
+    data = tmp_path / "data"
+    if fault == "no usable image":
+        write_labelled_file(data / "train" / "part-0.parquet", [b"not an image"] * 12, [i % 6 for i in range(12)])
+    else:
+        write_labelled_file(data / "train" / "part-0.parquet",
+                            [encode(noise_image(48, 40, i), "PNG") for i in range(12)], [3] * 12)
+    write_labelled_file(data / "calibration" / "part-0.parquet",
+                        [encode(noise_image(48, 40, 100 + i), "PNG") for i in range(6)], [i % 2 for i in range(6)])
+    artifacts = tmp_path / "artifacts"
+    stale = artifacts / "task02" / "detector.json"  # an earlier run's detector, trained on other data
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"kind": "classical", "weights": "fallback.pkl"}')
+    guard = WritesOnlyArtifacts(tmp_path, artifacts)
+
+    prepared = run_stage("prepare", data, artifacts, timeout=60, limit=300)
+    assert "Traceback" not in prepared.output
+    assert prepared.returncode == (2 if fault == "no usable image" else 0), prepared.output[-3000:]
+    for stage in ("train", "train_augmented"):
+        result = run_stage(stage, data, artifacts, timeout=60, limit=300)  # the check comes first: it fails fast
+        assert result.returncode == 2 and "Traceback" not in result.output, result.output[-3000:]
+        [error] = error_lines(result.stdout)
+        expected = "no prepared training images" if fault == "no usable image" else "all of one class"
+        assert f"stage {stage} failed" in error and expected in error and str(data / "train") in error, error
+    assert not stale.exists()  # removed, so the predict stages do not use a detector of other data
+    guard.check()

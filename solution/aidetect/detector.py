@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .budget import Deadline, Terminated, terminate_raises, time_bound_decision
+from .budget import Deadline, Terminated, available_cpus, terminate_raises, time_bound_decision, torch_threads
 from .calibration import Threshold, calibrate_on_several, min_calibration_size
 from .classical import ClassicalDetector
 from .cleaning import (SHIFT_DIR, PreparedSplit, load_prepared, prepared_splits, prepared_time_bound_decisions,
@@ -27,10 +27,10 @@ from .dataio import (UNKNOWN_ROW_ID, Unreadable, atomic_path, iter_batches, know
                      write_json, write_predictions)
 from .decode import decode_rgb
 from .errors import DataError, DecodeError, PipelineError
-from .labels import binary_label
+from .labels import BINARY_NAMES, binary_label
 from .metrics import detection_metrics
 from .parallel import ordered_map
-from .paths import PREDICT_SPLIT, predictions_path, split_dir, task_dir
+from .paths import PREDICT_SPLIT, predictions_path, prepared_dir, split_dir, task_dir
 from .progress import progress
 from .features import FEATURE_NAMES, CornerFeatures, batch_features, corner_features
 from .models import build_model
@@ -180,6 +180,37 @@ def _load_optional(split: str) -> PreparedSplit | None:
     return load_prepared(split) if split in prepared_splits() else None
 
 
+def untrainable_reason() -> str | None:
+    """Why the prepared training split cannot train a detector (no usable image, one class only), or None."""
+    if "train" not in prepared_splits():
+        return (f"no prepared training images in {prepared_dir() / 'train'}: prepare.py found no usable image in "
+                f"{split_dir('train')} or did not finish (see its log); fix the data and run prepare.py again")
+    labels = binary_label(load_prepared("train").source_class)
+    if len(labels) == 0:
+        return f"the prepared training split holds no image: check {split_dir('train')} and run prepare.py again"
+    missing = [name for label, name in BINARY_NAMES.items() if not np.any(labels == label)]
+    if missing:
+        return (f"the training images are all of one class ({len(labels)} images, no {missing[0]} one): a detector "
+                f"needs both real (source_class 0) and generated (1..5) images; check {split_dir('train')}")
+    return None
+
+
+def require_trainable(task: str) -> None:
+    """A DataError saying what to fix when the training data cannot train ``task``'s detector.
+
+    A detector description left by an earlier run is removed first: it was
+    not trained on this data, and the predict stages would otherwise use it.
+    """
+    reason = untrainable_reason()
+    if reason is None:
+        return
+    stale = task_dir(task) / "detector.json"
+    if stale.exists():
+        stale.unlink()
+        log.warning("removed %s of an earlier run: it was not trained on this data", stale)
+    raise DataError(reason)
+
+
 def calibration_split_names(task: str, exclude_families: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The splits whose real images set the task's threshold: its calibration splits and, for Task 3, the
     calibration reals processed by each family it trains on (less ``exclude_families``)."""
@@ -206,9 +237,12 @@ def _calibrate(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray], tas
     """The task's threshold from the real images of its calibration splits (the largest of their thresholds)."""
     names = calibration_split_names(task, exclude_families)
     real = {name: scores[name][labels[name] == 0] for name in names if name in scores}
-    real = {name: r for name, r in real.items() if len(r)}
-    if not any(name in real for name in TASK_CALIBRATION_SPLITS[task]):
+    if not any(len(real.get(name, ())) for name in TASK_CALIBRATION_SPLITS[task]):
         raise DataError(f"no real images in the calibration splits {TASK_CALIBRATION_SPLITS[task]}: cannot calibrate")
+    for name in [n for n, r in real.items() if not len(r)]:
+        log.warning("%s holds no usable real image: skipped for %s's threshold, which the other calibration "
+                    "splits set", name, task)
+        del real[name]
     return calibrate_on_several(real, MAX_FPR, DELTA)
 
 
@@ -489,6 +523,47 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
 # --- prediction ---------------------------------------------------------------------
 
 
+# The detector a predict stage uses when its own cannot be loaded: Task 3 continues from Task 2, so the
+# Task-2 detector is the closest usable one (its threshold was calibrated on clean calibration images only).
+PREDICT_FALLBACK = {"task03": "task02"}
+
+
+@dataclass
+class DetectorSource:
+    """Which task's detector a predict stage scores with (None: none loaded), and why, if not its own."""
+
+    task: str | None
+    fallback_reason: str | None = None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def load_predict_detector(task: str) -> tuple[Detector | None, DetectorSource]:
+    """The task's detector or, when it is missing or unreadable, its ``PREDICT_FALLBACK`` (with a warning).
+
+    Without either, every row will be labelled real (0) and the error says so.
+    """
+    try:
+        return load_detector(task), DetectorSource(task)
+    except Exception as exc:  # a missing, truncated or inconsistent file: any of them leaves no usable detector
+        reason = f"no usable {task} detector ({_one_line(exc)})"
+    fallback = PREDICT_FALLBACK.get(task)
+    if fallback is None:
+        log.error("%s: every row will be labelled real (0)", reason)
+        return None, DetectorSource(None, reason)
+    try:
+        detector = load_detector(fallback)
+    except Exception as exc:
+        log.error("%s, nor a usable %s detector (%s): every row will be labelled real (0)", reason, fallback,
+                  _one_line(exc))
+        return None, DetectorSource(None, reason)
+    log.warning("%s: predicting with the %s detector instead (%s, threshold %.4f)", reason, fallback, detector.kind,
+                detector.threshold.value)
+    return detector, DetectorSource(fallback, reason)
+
+
 def _decode_for_predict(item: tuple) -> tuple:
     """Worker: (row_id, bytes, corners wanted) -> (row_id, (centre crop, corner features or None) or None, error)."""
     row_id, data, want_corners = item
@@ -499,6 +574,17 @@ def _decode_for_predict(item: tuple) -> tuple:
         return row_id, None, str(exc)
     except Exception as exc:  # one bad row must never cost the others their label
         return row_id, None, f"{type(exc).__name__}: {exc}"
+
+
+def predict_network_threads(workers: int) -> int:
+    """Torch threads of the predict stage's main process while ``workers`` processes decode and compute features.
+
+    Decoding and the corner features cost two to four times the network's time per image, and the workers
+    already use every CPU: more network threads than a quarter of them only wait for a core (two threads
+    beside two workers on two CPUs halved the network's rate). The scores do not depend on the number of
+    threads (checked to the bit for TraceNet on 1, 2 and 4 threads).
+    """
+    return max(1, workers // 4)
 
 
 def predict_task(task: str, deadline: Deadline, batch_size: int = 16) -> dict:
@@ -518,15 +604,11 @@ def predict_task(task: str, deadline: Deadline, batch_size: int = 16) -> dict:
     ids_by_file = row_ids_by_file(folder, unreadable)  # fails early, with a clear message, on duplicate row ids
     all_ids = np.sort(known_row_ids(ids_by_file))
     write_predictions(predictions_path(task), all_ids, np.zeros(len(all_ids), dtype=np.int64))
-    detector, predicted, undecodable = None, {}, []
+    detector, source, predicted, undecodable = None, DetectorSource(None), {}, []
     pending_ids, pending_crops, pending_corners = [], [], []
     with terminate_raises() as termination:
         try:
-            try:
-                detector = load_detector(task)
-            except Exception as exc:
-                detector = None
-                log.error("no usable %s detector (%s): every row will be labelled real (0)", task, exc)
+            detector, source = load_predict_detector(task)
             # Scored as the threshold was calibrated: with corner crops when the calibration images had them.
             want_corners = detector is not None and detector.scores_corner_crops
 
@@ -544,10 +626,13 @@ def predict_task(task: str, deadline: Deadline, batch_size: int = 16) -> dict:
                         yield row_id, data, want_corners
 
             if detector is not None:
-                with progress(total=len(all_ids), desc=f"predict {task}", deadline=deadline) as bar:
+                workers = available_cpus()
+                with progress(total=len(all_ids), desc=f"predict {task}", deadline=deadline) as bar, \
+                        torch_threads(predict_network_threads(workers)):
                     # Decoding runs in worker processes while the main process scores; a worker decides
                     # whether to decode when it starts on a row, so nothing is decoded after the deadline.
-                    for row_id, decoded, error in ordered_map(_decode_for_predict, items(), stop_at=deadline.stop_at()):
+                    for row_id, decoded, error in ordered_map(_decode_for_predict, items(), workers,
+                                                              stop_at=deadline.stop_at()):
                         bar.update(1)
                         if error is not None:
                             undecodable.append({"row_id": row_id, "error": error})
@@ -565,7 +650,7 @@ def predict_task(task: str, deadline: Deadline, batch_size: int = 16) -> dict:
             log.warning("SIGTERM: writing the %d labels made so far; the other rows are labelled real (0)",
                         len(predicted))
         termination.armed = False  # a SIGTERM from here on waits until the file is written
-        report = _write_predict_results(task, detector, all_ids, predicted, undecodable,
+        report = _write_predict_results(task, detector, source, all_ids, predicted, undecodable,
                                         _lost_rows(unreadable, ids_by_file, predicted), termination.received, started)
     if termination.received:
         raise Terminated(f"received SIGTERM; {predictions_path(task)} written, unscored rows labelled real (0)")
@@ -585,8 +670,9 @@ def _lost_rows(unreadable: list[Unreadable], ids_by_file: dict[str, np.ndarray],
     return list(lost.values())
 
 
-def _write_predict_results(task: str, detector: Detector | None, all_ids: np.ndarray, predicted: dict,
-                           undecodable: list[dict], unreadable: list[dict], terminated: bool, started: float) -> dict:
+def _write_predict_results(task: str, detector: Detector | None, source: "DetectorSource", all_ids: np.ndarray,
+                           predicted: dict, undecodable: list[dict], unreadable: list[dict], terminated: bool,
+                           started: float) -> dict:
     """The CSV (every row id once: rows without a label get real, 0), the warnings and predict_report.json."""
     labels = np.array([predicted.get(int(row_id), 0) for row_id in all_ids], dtype=np.int64)
     write_predictions(predictions_path(task), all_ids, labels)
@@ -608,11 +694,15 @@ def _write_predict_results(task: str, detector: Detector | None, all_ids: np.nda
         log.warning("%s: %d rows labelled real (0) unscored: row_ids %s",
                     "SIGTERM" if terminated else "time budget ran out", len(unscored), unscored[:50])
     report = {
-        "task": task, "detector": detector.kind if detector else None, "n_rows": int(len(all_ids)),
+        "task": task, "detector": detector.kind if detector else None, "detector_task": source.task,
+        "detector_fallback": source.fallback_reason, "n_rows": int(len(all_ids)),
         "n_predicted_ai": int(labels.sum()), "undecodable": undecodable, "unreadable": unreadable,
         "unscored_row_ids": unscored, "terminated": terminated,
         "seconds": time.monotonic() - started, "predictions": str(predictions_path(task)),
     }
     write_json(task_dir(task) / "predict_report.json", report)
+    if source.task is not None and source.task != task:
+        log.warning("%s holds the labels of the %s detector: %s", predictions_path(task).name, source.task,
+                    source.fallback_reason)
     log.info("wrote %s: %d rows, %d labelled ai_generated", predictions_path(task), len(all_ids), int(labels.sum()))
     return report

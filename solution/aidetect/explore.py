@@ -728,7 +728,11 @@ def make_figures(rows: pd.DataFrame, examples: dict, probe: dict, figure_dir: Pa
     matplotlib.use("Agg")
     if rows.empty:
         return []
-    main_split = "train" if (rows["split"] == "train").any() else rows["split"].iloc[0]
+    sized = rows.dropna(subset=["width", "height"])  # images whose header could be read
+    if sized.empty:
+        log.warning("exploration: no image of any split could be read; no figures drawn")
+        return []
+    main_split = "train" if (sized["split"] == "train").any() else sized["split"].iloc[0]
     plots = {
         "class_distribution.png": lambda p: _figure_class_distribution(rows, p),
         "size_scatter.png": lambda p: _figure_size_scatter(rows, main_split, p),
@@ -748,8 +752,9 @@ def make_figures(rows: pd.DataFrame, examples: dict, probe: dict, figure_dir: Pa
         try:
             draw(figure_dir / name)
             written.append(name)
-        except Exception:  # a figure is never worth failing the stage for
-            log.exception("exploration: figure %s failed", name)
+        except Exception as exc:  # a figure is never worth failing the stage for
+            log.debug("traceback of figure %s", name, exc_info=True)
+            log.warning("exploration: figure %s failed (%s: %s)", name, type(exc).__name__, " ".join(str(exc).split()))
     return written
 
 

@@ -41,8 +41,9 @@ def prepare(deadline: Deadline) -> None:
 
 
 def train(deadline: Deadline) -> None:
-    from .detector import TASK02_CONFIG, train_task
+    from .detector import TASK02_CONFIG, require_trainable, train_task
 
+    require_trainable("task02")
     train_task("task02", deadline, TASK02_CONFIG)
 
 
@@ -53,8 +54,9 @@ def predict(deadline: Deadline) -> None:
 
 
 def train_augmented(deadline: Deadline) -> None:
-    from .detector import TASK03_CONFIG, train_task
+    from .detector import TASK03_CONFIG, require_trainable, train_task
 
+    require_trainable("task03")
     train_task("task03", deadline, TASK03_CONFIG, init_from=task_dir("task02") / "model_best.pt")
 
 
