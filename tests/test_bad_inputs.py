@@ -172,12 +172,12 @@ def test_decode_applies_the_exif_rotation():
     assert top_left.min() > 200  # white
 
 
-def test_decode_tolerates_a_jpeg_without_its_end_marker():
-    try:
-        rgb = decode_rgb(JPEG[:-2])
-    except DecodeError:
-        return
-    assert rgb.shape == (48, 64, 3)
+def test_a_jpeg_without_its_end_marker_is_refused_as_truncated():
+    """PIL reads the last entropy-coded bytes only with LOAD_TRUNCATED_IMAGES, which decode.py keeps off:
+    such a file is refused (and its predict row labelled real), never decoded from partly made-up pixels."""
+    assert JPEG[-2:] == b"\xff\xd9"
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_rgb(JPEG[:-2])
 
 
 BOMB_PROBE = textwrap.dedent("""
