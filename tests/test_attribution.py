@@ -150,13 +150,15 @@ def test_attribute_stage_writes_one_valid_label_per_predict_row(attribution_run,
             assert (artifacts / task / "predictions.csv").read_bytes() == original.read_bytes()
 
 
-def test_outlier_cap_holds_on_exchangeable_held_out_known_images(attribution_run, monkeypatch):
+def test_outlier_rule_keeps_its_cap_on_a_held_out_half_and_is_the_deployed_rule(attribution_run, monkeypatch):
     """Known images called outliers stay within what the calibration rule promises.
 
     The promise needs held-out images exchangeable with the calibration ones. The demo's
     validation images come from other photos than its calibration images (a group-aware
-    split), so the test holds out a random half of the known calibration images instead,
-    scored by the stage's own model and centroids, and calibrates on the other half.
+    split), and the deployed threshold used every calibration image, so the test holds out a
+    random half of the known calibration images, scored by the stage's own model and
+    centroids, and calibrates on the other half; and it checks that the deployed per-set
+    threshold is that same rule applied to all of them (so the held-out result speaks for it).
     Under exchangeability the true rate p of the k-th of n sorted scores is Beta(n - k + 1, k)
     and the held-out count is Binomial(m, p): we fail only beyond the 99.9 % binomial quantile
     at the 99.9 % bound on p, so a correct rule fails with probability below 0.2 %, while a
@@ -181,6 +183,12 @@ def test_outlier_cap_holds_on_exchangeable_held_out_known_images(attribution_run
     calibration = load_prepared("calibration")
     members = np.flatnonzero(np.isin(calibration.source_class, known))
     scores = outlier_scores(embed(model, calibration.crops, index=members), centroids, known)
+    for name, values in scores.items():  # the deployed thresholds: the rule on every known calibration image
+        deployed = metrics["calibration"][name]["per_set"]["calibration"]
+        recomputed = calibrate_threshold(values, OUTLIER_MAX_FPR, 0.05)
+        assert deployed["n_calibration"] == recomputed.n_calibration == len(members), name
+        assert deployed["order_statistic_k"] == recomputed.order_statistic_k, name
+        assert deployed["value"] == pytest.approx(recomputed.value, rel=1e-4, abs=1e-6), name
     order = np.random.default_rng(0).permutation(len(members))
     fit_half, held_half = order[: len(order) // 2], order[len(order) // 2 :]
     for name, values in scores.items():
