@@ -212,8 +212,9 @@ def run_tests(copy: Path, tests: list[str], keyword: str | None, demo_cache: Pat
     failed = [line.split(" ", 2)[1] for line in output.splitlines() if line.startswith("FAILED ")]
     summary = next((line for line in reversed(output.splitlines()) if " in " in line and ("passed" in line or
                     "failed" in line or "error" in line)), "")
+    errors = [line for line in output.splitlines() if line.startswith("E  ")][:30]  # why the first test failed
     return {"exit_code": code, "seconds": round(time.monotonic() - started, 1), "failed": failed,
-            "summary": summary.strip("= "), "tail": output.splitlines()[-40:]}
+            "summary": summary.strip("= "), "errors": errors, "tail": output.splitlines()[-40:]}
 
 
 def load_average() -> list[float]:
@@ -240,7 +241,8 @@ def write_markdown(path: Path, record: dict) -> None:
              f"Baseline (unbroken code, every selected test): {record['baseline']['summary']} "
              f"in {record['baseline']['seconds']} s.", "",
              f"**{record['killed']} of {len(record['breakages'])} breakages killed"
-             f"{', survived: ' + ', '.join(record['survived']) if record['survived'] else ''}.**", "",
+             f"{', survived: ' + ', '.join(record['survived']) if record['survived'] else ''}"
+             f"{', not checked: ' + ', '.join(record['not_checked']) if record['not_checked'] else ''}.**", "",
              "| breakage | origin | promise | tests run | result | first failing test | seconds |",
              "|---|---|---|---|---|---|---|"]
     for b in record["breakages"]:
@@ -261,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                         "benchmarks/results/<today>-mutation-check.json")
     parser.add_argument("--workdir", default=None, help="folder for the copy and the demo run (default: a temp dir)")
     parser.add_argument("--skip-baseline", action="store_true",
-                        help="do not run the selected tests on the unbroken copy first (the demo run must exist)")
+                        help="do not run the selected tests on the unbroken copy (the demo run must exist)")
+    parser.add_argument("--baseline-last", action="store_true",
+                        help="run the baseline after the breakages (results of the breakages come sooner)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per pytest run")
     parser.add_argument("--list", action="store_true", help="list the breakages and exit")
     args = parser.parse_args(argv)
@@ -290,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     all_tests = sorted({t for b in breakages for t in b.tests})
     if args.skip_baseline and not (demo_cache / "run" / "scorecard.json").exists():
         print(f"no demo run in {demo_cache}: a test that needs one makes it with the broken code", flush=True)
-    if args.skip_baseline:
-        baseline = {"summary": "skipped", "seconds": 0, "exit_code": None, "failed": []}
+    if args.skip_baseline or args.baseline_last:
+        baseline = {"summary": "skipped" if args.skip_baseline else "not yet run", "seconds": 0, "exit_code": None,
+                    "failed": []}
     else:
         print(f"baseline: {len(all_tests)} test selections on the unbroken copy", flush=True)
         baseline = run_tests(copy, all_tests, None, demo_cache, first_failure=False, timeout=args.timeout * 2)
@@ -331,6 +336,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{breakage.name}: {outcome['result']} ({outcome['summary']}, {outcome['seconds']} s)"
               f"{' by ' + outcome['failed'][0] if outcome['failed'] else ''}", flush=True)
 
+        save(out, argv, load_before, baseline, results)  # after each breakage: a partial result survives a stop
+
+    if args.baseline_last and not args.skip_baseline:
+        print(f"baseline: {len(all_tests)} test selections on the unbroken copy", flush=True)
+        baseline = run_tests(copy, all_tests, None, demo_cache, first_failure=False, timeout=args.timeout * 2)
+        print(f"baseline: {baseline['summary']} in {baseline['seconds']} s", flush=True)
+        for entry in results:
+            failing = [f for f in baseline["failed"] if any(f.startswith(test) for test in entry["tests"])]
+            if failing and entry["result"] == "killed":
+                entry["result"] = "not checked (its tests fail on the unbroken code too)"
+                entry["baseline_failed"] = failing
+    record = save(out, argv, load_before, baseline, results)
+    print(f"{record['killed']} of {len(results)} breakages killed; survived: {record['survived'] or 'none'}; "
+          f"wrote {out}", flush=True)
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if not record["survived"] else 1
+
+
+def save(out: Path, argv, load_before, baseline: dict, results: list[dict]) -> dict:
     git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
     record = {
         "schema_version": 1,
@@ -344,17 +369,14 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_after": load_average(),
         "baseline": {k: baseline.get(k) for k in ("summary", "seconds", "exit_code", "failed")},
         "killed": sum(r["result"] == "killed" for r in results),
-        "survived": [r["name"] for r in results if r["result"] != "killed"],
+        "survived": [r["name"] for r in results if r["result"] == "survived"],
+        "not_checked": [r["name"] for r in results if r["result"] not in ("killed", "survived")],
         "breakages": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     write_markdown(out.with_suffix(".md"), record)
-    print(f"{record['killed']} of {len(results)} breakages killed; survived: {record['survived'] or 'none'}; "
-          f"wrote {out}", flush=True)
-    if not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0 if not record["survived"] else 1
+    return record
 
 
 if __name__ == "__main__":
