@@ -2,6 +2,7 @@
 #   make run    - the main job on the embedded demo data (six stages through the grading harness,
 #                 then explainability and the report)
 #   make test   - the test suite
+#   make mutation-check - break each promise on purpose in a copy and check that a test fails
 # Benchmarks on ../shared/proxy (long; results are committed under benchmarks/results/):
 #   make bench  - the packaged pipeline through the harness with official timeouts, the model
 #                 families and the course reference runtime in the same run
@@ -26,7 +27,7 @@ RUN := runs/demo
 PROXY ?= ../shared/proxy
 DATE := $(shell date +%F)
 
-.PHONY: setup run demo-data test bench bench-throughput bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
+.PHONY: setup run demo-data test mutation-check bench bench-throughput bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
 
 $(STAMP): requirements-dev.txt solution/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,11 @@ run: demo-data
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Named breakages of the specification's promises, each applied to a temporary copy of the repository;
+# every one must make one of its guarding tests fail (about an hour on the 2-core machine).
+mutation-check: $(STAMP)
+	$(PY) tools/mutation_check.py --out benchmarks/results/$(DATE)-mutation-check.json
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_bench.py --data $(PROXY) --out benchmarks/results

@@ -71,12 +71,17 @@ def test_every_analysis_writes_its_figures_numbers_and_discussion(explained):
     assert f"{100 * on_disk['tasks']['task02']['validation']['recall_ai']:.1f} %" in discussion
 
 
-def test_chosen_attribution_falls_faster_than_random_removal(explained):
+def test_the_deletion_summary_names_the_method_with_the_smallest_area_and_says_if_it_beats_random(explained):
+    """What explain.py reports on its small sample (here 4 images: too few for a claim either way); that the
+    deployed map beats random order by a stated margin is checked by tests/test_deletion_faithfulness.py."""
     summary, _ = explained
     deletion = summary["tasks"]["task02"]["attributions"]["deletion"]
     assert set(deletion["methods"]) >= {"gradcam", "integrated_gradients"}
     best = deletion["best_method"]
-    assert deletion["auc"][best] < deletion["auc_random"], deletion["auc"] | {"random": deletion["auc_random"]}
+    assert deletion["auc"][best] == min(deletion["auc"].values())
+    assert deletion["auc_random"] == pytest.approx(np.mean(deletion["auc_random_by_seed"]))
+    assert deletion["best_beats_random"] == (deletion["auc"][best] < deletion["auc_random"])
+    assert deletion["best_auc_gain_over_random"] == pytest.approx(deletion["auc_random"] - deletion["auc"][best])
 
 
 def test_the_audit_sees_what_the_pipeline_sees(explained):

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +25,7 @@ import torch
 from stagerun import SOLUTION, task_detector_only
 
 from aidetect.budget import Deadline
-from aidetect.cleaning import PreparedSplit, load_prepared, prepare_split
-from aidetect.training import TrainConfig, fit
+from aidetect.cleaning import prepare_split
 
 # Timeouts of the small-budget run: official x 1/20 -> clean 30 s, prepare 30 s, train 90 s.
 SMALL_BUDGET_SCALE = 1 / 20  # 30, 30 and 90 s: short, with headroom for a loaded machine
@@ -120,24 +122,45 @@ def test_prepare_is_deterministic_across_processes(demo_run, demo_root, tmp_path
         assert digest(tmp_path / "b" / "prepared" / "train" / name) == reference
 
 
-def test_training_twice_gives_identical_models_and_scores(demo_run, tmp_path, monkeypatch):
-    monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(demo_run["artifacts"]))
+TRAIN_IN_A_PROCESS = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {solution!r})
+    import numpy as np, torch
+    from aidetect.budget import Deadline
+    from aidetect.cleaning import PreparedSplit, load_prepared
+    from aidetect.training import TrainConfig, fit, score_crops
     full = load_prepared("train")
     keep = np.sort(np.concatenate([np.flatnonzero(full.source_class == c)[:4] for c in range(6)]))
     data = PreparedSplit("train", np.asarray(full.crops[keep]), full.source_class[keep])
     config = TrainConfig(epochs=2, width=8, batch_size=8, seed=123)  # small: only repeatability is at stake
+    model, result = fit(config, data, __import__("pathlib").Path(sys.argv[1]), Deadline(600, start=time.monotonic()),
+                        reserve_seconds=0, resume=False)
+    scores = score_crops(model, np.asarray(load_prepared("calibration").crops[:16]))
+    history = [{{k: v for k, v in h.items() if k != "seconds"}} for h in result.history]
+    torch.save({{"state": model.state_dict(), "history": history, "best_score": result.best_score,
+                "epochs_run": result.epochs_run, "scores": scores}}, sys.argv[2])
+""")
+
+
+def test_training_twice_in_two_processes_gives_identical_models_and_scores(demo_run, tmp_path):
+    """Two interpreters, as two runs of train.py: a seed that depends on the process (its id, the time, hash
+    randomisation) would pass a check inside one process and fail here."""
+    script = tmp_path / "train_once.py"
+    script.write_text(TRAIN_IN_A_PROCESS.format(solution=str(SOLUTION)))
+    env = dict(os.environ, AMLS_ARTIFACTS_DIR=str(demo_run["artifacts"]), PYTHONHASHSEED="random")
+    env.pop("AMLS_SEED", None)
     runs = []
     for run in ("a", "b"):
-        model, result = fit(config, data, tmp_path / run, Deadline(600, start=time.monotonic()), reserve_seconds=0,
-                            resume=False)
-        runs.append((model.state_dict(), result))
-    (state_a, result_a), (state_b, result_b) = runs
-    assert result_a.epochs_run == 2
-    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
-    assert strip(result_a.history) == strip(result_b.history)
-    assert result_a.best_score == result_b.best_score
-    assert state_a.keys() == state_b.keys()
-    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+        result = subprocess.run([sys.executable, str(script), str(tmp_path / run), str(tmp_path / f"{run}.pt")],
+                                env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        runs.append(torch.load(tmp_path / f"{run}.pt", weights_only=False))
+    a, b = runs
+    assert a["epochs_run"] == 2
+    assert a["history"] == b["history"] and a["best_score"] == b["best_score"]
+    assert a["state"].keys() == b["state"].keys()
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert np.array_equal(a["scores"], b["scores"])
 
 
 def test_predicting_twice_gives_identical_files(demo_run, demo_root, tmp_path, monkeypatch):

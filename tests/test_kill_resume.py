@@ -30,7 +30,7 @@ from aidetect.dataio import write_json
 from aidetect.detector import TASK02_CONFIG, load_detector
 from aidetect.training import _load_resumable, fit
 
-TRAIN_TIMEOUT = 120  # enough for the network to start on the small prepared set
+TRAIN_TIMEOUT = 300  # enough for the network to start on the small prepared set, also on a busy machine
 
 
 def subset_prepared(src: Path, dst: Path, split: str, per_class: int, seed: int = 0) -> None:
@@ -74,7 +74,7 @@ def predict_ids(demo_root) -> list[int]:
 
 
 def predict_after_kill(demo_root, artifacts, predict_ids):
-    result = run_stage("predict", demo_root / "data", artifacts, timeout=60)
+    result = run_stage("predict", demo_root / "data", artifacts, timeout=600)  # not binding: kills are at stake
     assert result.returncode == 0, result.output[-3000:]
     assert "Traceback" not in result.output
     labels = assert_complete(artifacts / "task02" / "predictions.csv", predict_ids)
@@ -86,7 +86,7 @@ def test_kill_before_any_detector_exists_still_gives_complete_predictions(demo_r
                                                                          tmp_path):
     log = tmp_path / "train.log"
     proc = start_stage("train", demo_root / "data", artifacts, TRAIN_TIMEOUT, log)
-    wait_for(lambda: "stage train:" in log.read_text(), proc, 60, "stage start", log)
+    wait_for(lambda: "stage train:" in log.read_text(), proc, 180, "stage start", log)
     kill(proc, signal.SIGKILL)
     assert not (artifacts / "task02" / "detector.json").exists()
 
@@ -100,7 +100,7 @@ def test_kill_before_any_detector_exists_still_gives_complete_predictions(demo_r
 def test_sigterm_after_the_fallback_leaves_the_fallback_usable(demo_root, artifacts, predict_ids, tmp_path):
     log = tmp_path / "train.log"
     proc = start_stage("train", demo_root / "data", artifacts, TRAIN_TIMEOUT, log)
-    wait_for(lambda: (artifacts / "task02" / "detector.json").exists(), proc, 90, "detector.json", log)
+    wait_for(lambda: (artifacts / "task02" / "detector.json").exists(), proc, 240, "detector.json", log)
     kill(proc, signal.SIGTERM)
     assert proc.returncode == -signal.SIGTERM
     assert json.loads((artifacts / "task02" / "detector.json").read_text())["kind"] == "classical"
@@ -123,7 +123,7 @@ def test_kill_during_network_training_then_predict_and_resume(demo_root, artifac
     folder = artifacts / "task02"
     log = tmp_path / "train.log"
     proc = start_stage("train", demo_root / "data", artifacts, TRAIN_TIMEOUT, log)
-    wait_for(lambda: (folder / "checkpoint_last.pt").exists(), proc, 150, "checkpoint_last.pt", log)
+    wait_for(lambda: (folder / "checkpoint_last.pt").exists(), proc, 280, "checkpoint_last.pt", log)
     kill(proc, signal.SIGKILL)
 
     checkpoints = _load_every_checkpoint(folder)

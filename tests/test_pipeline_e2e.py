@@ -84,16 +84,27 @@ def test_task03_threshold_keeps_the_bound_on_calibration_reals_under_processing(
     assert set(task02) == {"calibration"}  # the plain detector calibrates on clean images only
 
 
-def test_task03_continues_from_task02(demo_run):
+def test_train_augmented_says_it_starts_from_the_given_weights(demo_run):
+    """The log line only; that the weights are Task 2's is checked by
+    tests/test_promises.py::test_task03_training_starts_from_the_task02_best_weights."""
     log = (demo_run["out_dir"] / "logs" / "train_augmented.log").read_text()
     assert "starting tracenet from the given weights" in log
 
 
-def test_scorecard_scores_the_labelled_predict_split(demo_run):
+def test_the_predict_split_fpr_is_compatible_with_the_cap_and_memory_stays_below_4_gb(demo_run):
+    """The harness scores the labelled demo predict split: its 40 real images are too few to show FPR <= 0.20,
+    but a one-sided 95 % Clopper-Pearson lower bound above 0.20 would show the cap broken."""
+    from aidetect.metrics import clopper_pearson
+
     for task in ("task02", "task03"):
         scores = demo_run["tasks"][task]["scores"]
-        assert scores["n"] == 80
-        assert 0.0 <= scores["fpr"] <= 1.0 and 0.0 <= scores["recall_ai"] <= 1.0
+        assert scores["n"] == 80 and scores["n_unscored_missing_prediction"] == 0
+        matrix = scores["confusion_matrix"]
+        reals = matrix["fp"] + matrix["tn"]
+        assert reals == 40 and scores["fpr"] == pytest.approx(matrix["fp"] / reals)
+        lower = clopper_pearson(matrix["fp"], reals, 0.90)[0]
+        assert lower <= 0.2, f"{task}: {matrix['fp']} of {reals} real predict images called generated"
+        assert 0.0 <= scores["recall_ai"] <= 1.0
     for stage in demo_run["stages"]:
         assert stage["peak_rss_mb"] < 4096
 

@@ -85,6 +85,7 @@ def run_stage(name: str, argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("AMLS_LOG_LEVEL", "INFO").upper(), stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     deadline = Deadline(args.timeout_seconds)
+    keep_caches_under_artifacts()
     threads = configure_threads()
     log.info("stage %s: data %s, artifacts %s, %d threads, timeout %.0fs", name, data_dir(), artifacts_dir(),
              threads, args.timeout_seconds)
@@ -107,6 +108,15 @@ def run_stage(name: str, argv: list[str] | None = None) -> int:
         return 1
     log.info("stage %s done in %.1fs (%s)", name, time.monotonic() - started, deadline.describe())
     return 0
+
+
+def keep_caches_under_artifacts() -> None:
+    """Point the caches of the libraries at ``artifacts/``: matplotlib writes its font cache under HOME and
+    torch makes its inductor cache folder in TMPDIR (creating an optimizer is enough), and a stage writes only
+    under ``artifacts/``. A folder the user chose through the same variable is kept."""
+    caches = artifacts_dir() / ".cache"
+    os.environ.setdefault("MPLCONFIGDIR", str(caches / "matplotlib"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(caches / "torchinductor"))
 
 
 def _one_line(text: str) -> str:

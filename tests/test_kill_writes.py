@@ -1,0 +1,179 @@
+"""A stage killed at any moment, also in the middle of writing a file, leaves usable outputs.
+
+``test_kill_resume.py`` kills ``train.py`` between its writes. Here ``predict.py`` is
+killed (SIGKILL) at three moments: before it has read the row ids, as soon as its
+predictions.csv exists, and while it scores. And a process is killed in the middle
+of each kind of write the stages make (predictions.csv, detector.json, a torch
+checkpoint): half the bytes are on disk when the SIGKILL arrives. The file a later
+stage reads must then be the previous complete version, never the half-written one.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stagerun import (SOLUTION, assert_complete, encode, fresh_artifacts, kill, run_stage,
+                      stage_env, start_stage, wait_for, write_predict_file)
+
+
+@pytest.fixture(scope="module")
+def slow_predict(tmp_path_factory) -> tuple[Path, list[int]]:
+    """48 rows of one 1200x1200 PNG: predict needs several seconds to decode them, time to kill it mid-way."""
+    y, x = np.mgrid[0:1200, 0:1200]
+    pixels = np.stack([(x * 5 + y) % 256, (y * 3) % 256, (x ^ y) % 256], -1).astype(np.uint8)
+    image = encode(Image.fromarray(pixels), "PNG", compress_level=1)
+    data = tmp_path_factory.mktemp("slow_predict") / "data"
+    row_ids = list(range(500, 548))
+    write_predict_file(data / "predict" / "part-0.parquet", row_ids, [image] * len(row_ids))
+    return data, row_ids
+
+
+def _predictions_exist(artifacts: Path):
+    return lambda: (artifacts / "task02" / "predictions.csv").exists()
+
+
+def _log_says(log: Path, text: str):
+    return lambda: text in log.read_text()
+
+
+MOMENTS = {  # name -> (condition to wait for before the SIGKILL, whether predictions.csv must exist by then)
+    "before the row ids are read": (lambda artifacts, log: _log_says(log, "stage predict:"), False),
+    "as soon as predictions.csv exists": (lambda artifacts, log: _predictions_exist(artifacts), True),
+    # The file exists, every row real (0), before the first row is scored: a kill mid-loop still leaves it.
+    "while scoring": (lambda artifacts, log: _log_says(log, "predict task02"), True),
+}
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_predict_killed_at_any_moment_leaves_every_row_labelled_once(moment, detector_artifacts, slow_predict,
+                                                                     tmp_path):
+    data, row_ids = slow_predict
+    artifacts = fresh_artifacts(detector_artifacts, tmp_path)
+    log = tmp_path / "predict.log"
+    condition, must_exist = MOMENTS[moment]
+    proc = start_stage("predict", data, artifacts, 600, log)
+    try:
+        wait_for(condition(artifacts, log), proc, 240, moment, log)
+        if moment == "while scoring":
+            time.sleep(1.0)  # decoding 48 images of 1200x1200 px takes several seconds: still in the loop
+    finally:
+        kill(proc, signal.SIGKILL)
+    csv = artifacts / "task02" / "predictions.csv"
+    if must_exist or csv.exists():
+        labels = assert_complete(csv, row_ids)  # the file that exists is whole: every row once
+        assert set(labels.values()) <= {0, 1}
+    # And predict run again (the graders may re-run a stage) writes the full file.
+    rerun = run_stage("predict", data, artifacts, timeout=600)
+    assert rerun.returncode == 0, rerun.output[-3000:]
+    assert_complete(csv, row_ids)
+
+
+# --- killed in the middle of a write ---------------------------------------------------
+
+DIE_MID_WRITE = textwrap.dedent("""
+    import io, os, pathlib, signal, sys, time
+    sys.path.insert(0, {solution!r})
+    scenario, nth = sys.argv[1], int(sys.argv[2])
+    calls = {{"n": 0}}
+
+    def die_after_half(path, data):
+        with open(path, "wb" if isinstance(data, bytes) else "w") as handle:
+            handle.write(data[: len(data) // 2])
+            handle.flush()
+            os.fsync(handle.fileno())
+        print("dying in the middle of writing", path, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watched(original, marker):
+        def write(self, data, *args, **kwargs):
+            if marker in self.name:
+                calls["n"] += 1
+                if calls["n"] == nth:
+                    die_after_half(self, data)
+            return original(self, data, *args, **kwargs)
+        return write
+
+    if scenario == "predictions.csv":
+        pathlib.Path.write_text = watched(pathlib.Path.write_text, "predictions.csv")
+        from aidetect.budget import Deadline
+        from aidetect.detector import predict_task
+        predict_task("task02", Deadline(300, start=time.monotonic()))
+    elif scenario == "detector.json":
+        pathlib.Path.write_text = watched(pathlib.Path.write_text, "detector.json")
+        from aidetect.calibration import Threshold
+        from aidetect.detector import save_detector_description
+        for value in (1.5, 2.5):
+            threshold = Threshold(value, 0.2, 0.95, 40, 38, 0.05, True)
+            save_detector_description("task02", "classical", "fallback.pkl", threshold, {{"train_images": 10}})
+    elif scenario == "checkpoint":
+        import torch
+        original_save = torch.save
+        def save(obj, path, *args, **kwargs):
+            if "checkpoint_last.pt" in pathlib.Path(path).name:
+                calls["n"] += 1
+                if calls["n"] == nth:
+                    buffer = io.BytesIO()
+                    original_save(obj, buffer)
+                    die_after_half(pathlib.Path(path), buffer.getvalue())
+            return original_save(obj, path, *args, **kwargs)
+        torch.save = save
+        from aidetect.dataio import save_torch
+        from aidetect.paths import task_dir
+        for epoch in (1, 2):
+            save_torch(task_dir("task02") / "checkpoint_last.pt",
+                       {{"model": {{"w": torch.full((64, 64), float(epoch))}}, "state": {{"epoch": epoch}}}})
+    print("finished without being killed", flush=True)
+""")
+
+
+def die_mid_write(scenario: str, nth: int, data: Path, artifacts: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    script = tmp_path / "die_mid_write.py"
+    script.write_text(DIE_MID_WRITE.format(solution=str(SOLUTION)))
+    result = subprocess.run([sys.executable, str(script), scenario, str(nth)], env=stage_env(data, artifacts),
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == -signal.SIGKILL, (
+        f"the write was not reached (exit {result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return result
+
+
+def test_predict_killed_while_writing_the_final_csv_leaves_the_complete_first_one(detector_artifacts, demo_root,
+                                                                                  tmp_path):
+    """predict writes predictions.csv twice: every row real (0) at once, then the labels. Killed during the second
+    write, the first, complete file stays."""
+    artifacts = fresh_artifacts(detector_artifacts, tmp_path)
+    row_ids = pd.read_parquet(demo_root / "data" / "predict")["row_id"].astype(int).tolist()
+    die_mid_write("predictions.csv", 2, demo_root / "data", artifacts, tmp_path)
+    labels = assert_complete(artifacts / "task02" / "predictions.csv", row_ids)
+    assert set(labels.values()) == {0}
+
+
+def test_predict_killed_while_writing_the_first_csv_leaves_no_partial_file(detector_artifacts, demo_root, tmp_path):
+    artifacts = fresh_artifacts(detector_artifacts, tmp_path)
+    die_mid_write("predictions.csv", 1, demo_root / "data", artifacts, tmp_path)
+    assert not (artifacts / "task02" / "predictions.csv").exists()
+
+
+def test_a_kill_while_detector_json_is_rewritten_leaves_the_previous_detector(tmp_path):
+    artifacts = tmp_path / "artifacts"
+    die_mid_write("detector.json", 2, tmp_path / "data", artifacts, tmp_path)
+    description = json.loads((artifacts / "task02" / "detector.json").read_text())
+    assert description["threshold"]["value"] == 1.5 and description["kind"] == "classical"
+
+
+def test_a_kill_while_a_checkpoint_is_rewritten_leaves_the_previous_checkpoint(tmp_path):
+    import torch
+
+    artifacts = tmp_path / "artifacts"
+    die_mid_write("checkpoint", 2, tmp_path / "data", artifacts, tmp_path)
+    checkpoint = torch.load(artifacts / "task02" / "checkpoint_last.pt", weights_only=False)
+    assert checkpoint["state"]["epoch"] == 1 and torch.equal(checkpoint["model"]["w"], torch.full((64, 64), 1.0))
