@@ -1,6 +1,7 @@
 """The plumbing demo dataset (tools/make_demo_data.py) has the course data layout and contract."""
 import hashlib
 import io
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -189,3 +190,16 @@ def test_no_generator_is_an_ordinary_resize_of_its_source():
                     resized = np.asarray(low.resize((crop.shape[1], crop.shape[0]), resampling))
                     difference = difference_beyond_gain_and_offset(generated, resized)
                     assert difference > ROUNDING_ERROR, (name, photo, factor, filter_name, difference)
+
+
+def test_a_dataset_written_by_other_generator_code_is_not_reused(demo, tmp_path):
+    root, _ = demo
+    out = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(root, out)
+    assert make_demo_data.is_current(out)
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    manifest["generator_code"] = "an older script"
+    (out / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert not make_demo_data.is_current(out)

@@ -546,6 +546,7 @@ def make_demo_data(out_dir: Path, seed: int = 0) -> dict:
                                  "of: JPEG q60-92, Gaussian blur sigma 0.4-1.5, down-scale x0.5-0.9, "
                                  "Gaussian noise sigma 2-8, brightness/contrast, crop 80-95 %")
     manifest["source_photos"] = PHOTOS_BY_SPLIT
+    manifest["generator_code"] = generator_code_hash()
     manifest["images"] = records
 
     data_dir = out_dir / "data"
@@ -570,6 +571,25 @@ def make_demo_data(out_dir: Path, seed: int = 0) -> dict:
     return manifest
 
 
+def generator_code_hash() -> str:
+    """Hash of this script: a dataset written by other generator code is rebuilt, never silently reused."""
+    import hashlib
+
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def is_current(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a complete demo dataset written by this very script."""
+    manifest = out_dir / "MANIFEST.json"
+    train_dir = out_dir / "data" / "train"
+    if not (manifest.is_file() and train_dir.is_dir() and any(train_dir.glob("*.parquet"))):
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("generator_code") == generator_code_hash()
+    except (OSError, ValueError):
+        return False
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -581,8 +601,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    train_dir = args.out / "data" / "train"
-    if not args.force and train_dir.is_dir() and any(train_dir.glob("*.parquet")):
+    if not args.force and is_current(args.out):
         print(f"demo data already exists in {args.out} (use --force to rebuild)")
         return 0
     start = time.perf_counter()
