@@ -102,7 +102,7 @@ bench-robustness: $(STAMP)
 
 explain: $(STAMP)
 	$(PY) explainability/explain.py --artifacts $(PROXY_RUN) --data $(PROXY)/data --out explainability/output \
-		--timeout_seconds 420
+		--timeout_seconds 900
 
 report: $(STAMP)
 	$(PY) report/build_report.py --artifacts $(PROXY_RUN) --explain explainability/output --out report/report.pdf
