@@ -96,22 +96,21 @@ SPACES = ("network", "fingerprint", "joint")
 FINGERPRINT_GROUPS = ("periodic", "spectrum", "residual")
 FINGERPRINT_COLUMNS = [FEATURE_NAMES.index(n) for g in FINGERPRINT_GROUPS for n in FEATURE_GROUPS[g]]
 KNN_K = 5
-# (rule, space) of every candidate outlier score; the first three are the scores of the first attributor.
-OUTLIER_CANDIDATES = {
-    "centroid/network": ("centroid", "network"),
-    "max_softmax/head": ("max_softmax", "head"),
-    "energy/head": ("energy", "head"),
-    "mahalanobis/network": ("mahalanobis", "network"),
-    "gaussian_margin/network": ("gaussian_margin", "network"),
-    "knn/network": ("knn", "network"),
-    "mahalanobis/fingerprint": ("mahalanobis", "fingerprint"),
-    "knn/fingerprint": ("knn", "fingerprint"),
-    "centroid/joint": ("centroid", "joint"),
-    "mahalanobis/joint": ("mahalanobis", "joint"),
-    "gaussian_margin/joint": ("gaussian_margin", "joint"),
-    "knn/joint": ("knn", "joint"),
-}
-OUTLIER_SCORES = tuple(OUTLIER_CANDIDATES)
+# Every candidate outlier score, named "<rule>/<space>"; the first three are the scores of the first attributor.
+OUTLIER_SCORES = (
+    "centroid/network", "max_softmax/head", "energy/head",
+    "mahalanobis/network", "gaussian_margin/network", "knn/network",
+    "mahalanobis/fingerprint", "knn/fingerprint",
+    "centroid/joint", "mahalanobis/joint", "gaussian_margin/joint", "knn/joint",
+)
+
+
+def rule_and_space(name: str) -> tuple[str, str]:
+    """(rule, space) of an outlier score's name."""
+    if name not in OUTLIER_SCORES:
+        raise KeyError(name)
+    rule, space = name.split("/")
+    return rule, space
 CLASSIFIERS = ("head", "centroid", "gaussian", "logistic")
 MODEL_TASKS = ("task03", "task02")  # the robust model first
 EMBED_BATCH = 16
@@ -375,7 +374,7 @@ class OutlierScorer:
 
 
 def make_scorer(name: str) -> OutlierScorer:
-    rule, space = OUTLIER_CANDIDATES[name]
+    rule, space = rule_and_space(name)
     return OutlierScorer(rule, space)
 
 
@@ -538,7 +537,7 @@ class OpenSet:
     def needs_fingerprint(self) -> bool:
         """Whether the deployed classifier or outlier score reads the fingerprint features."""
         return self.classifier_kind in ("gaussian", "logistic") or \
-            OUTLIER_CANDIDATES[self.outlier_score][1] in ("fingerprint", "joint")
+            rule_and_space(self.outlier_score)[1] in ("fingerprint", "joint")
 
     def scores(self, emb: Embedded) -> dict[str, np.ndarray]:
         return {name: scorer.score(emb) for name, scorer in self.scorers.items()}
