@@ -55,26 +55,17 @@ def demo_root(tmp_path_factory) -> Path:
 
 def _grade_with_fresh_home(demo_root: Path, out: Path) -> dict:
     """The six stages through the harness; the stages see an empty HOME and TMPDIR under ``out``."""
+    from aidetect.paths import environment
     from grade import copy_build_context, grade
 
     copy_build_context(str(SOLUTION), str(out / "expected_copy"))  # what the harness copies, by the same rules
     given = {"HOME": out / "home", "TMPDIR": out / "tmp"}
-    saved = {key: os.environ.get(key) for key in (*given, *HOME_OVERRIDES)}
-    for key, folder in given.items():
+    for folder in given.values():
         folder.mkdir(parents=True)
-        os.environ[key] = str(folder)
-    for key in HOME_OVERRIDES:
-        os.environ.pop(key, None)
-    try:
+    with environment(**{key: str(folder) for key, folder in given.items()}, **dict.fromkeys(HOME_OVERRIDES)):
         return grade(str(demo_root), str(SOLUTION), workspace=str(out / "ws"), timeout_scale=DEMO_TIMEOUT_SCALE,
                      out=str(out / "scorecard.json"), artifacts_out=str(out / "artifacts"), keep_workspace=True,
                      quiet=True)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

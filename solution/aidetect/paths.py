@@ -27,15 +27,15 @@ def artifacts_dir() -> Path:
     return Path(os.environ.get("AMLS_ARTIFACTS_DIR", SOLUTION_DIR / "artifacts"))
 
 
-ENV_KEYS = ("AMLS_ARTIFACTS_DIR", "AMLS_DATA_DIR")
-
-
 @contextlib.contextmanager
-def pointing_at(artifacts: Path, data: Path):
-    """Make every path function resolve to these folders inside the ``with`` block, restored afterwards."""
-    saved = {key: os.environ.get(key) for key in ENV_KEYS}
-    os.environ["AMLS_ARTIFACTS_DIR"] = str(Path(artifacts).resolve())
-    os.environ["AMLS_DATA_DIR"] = str(Path(data).resolve())
+def environment(**values: str | None):
+    """Set (or, for None, remove) these environment variables inside the ``with`` block, restored afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     try:
         yield
     finally:
@@ -44,6 +44,13 @@ def pointing_at(artifacts: Path, data: Path):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def pointing_at(artifacts: Path, data: Path):
+    """Make every path function resolve to these folders inside the ``with`` block, restored afterwards."""
+    with environment(AMLS_ARTIFACTS_DIR=str(Path(artifacts).resolve()), AMLS_DATA_DIR=str(Path(data).resolve())):
+        yield
 
 
 def split_dir(split: str) -> Path:
