@@ -142,6 +142,23 @@ def task_detector_only(src: Path, dst: Path, task: str = "task02") -> Path:
     return dst
 
 
+def fallback_inputs(demo_run: dict, tmp_path: Path, monkeypatch, min_fallback_train: int):
+    """What ``train.py`` gives ``detector.fit_fallback``, from a copy of the demo run's prepared data (artifacts
+    redirected to ``tmp_path/artifacts``): (artifacts, train split, evaluation splits, training indices)."""
+    from aidetect import detector
+    from aidetect.cleaning import load_prepared
+    from aidetect.training import stratified_holdout
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(demo_run["artifacts"] / "prepared", artifacts / "prepared")
+    monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(artifacts))
+    monkeypatch.setattr(detector, "MIN_FALLBACK_TRAIN", min_fallback_train)
+    train = load_prepared("train")
+    splits = {name: load_prepared(name) for name in ("calibration", "validation")}
+    indices, _ = stratified_holdout(train.source_class, 0.15, 0)
+    return artifacts, train, splits, indices
+
+
 def read_predictions(path: Path) -> list[tuple[int, int]]:
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))

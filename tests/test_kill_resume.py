@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from stagerun import assert_complete, kill, run_stage, start_stage, wait_for
+from stagerun import assert_complete, fallback_inputs, kill, run_stage, start_stage, wait_for
 
 from aidetect.budget import Deadline
 from aidetect.cleaning import PreparedSplit, load_prepared
@@ -181,16 +181,8 @@ def test_fallback_subsamples_its_training_set_to_fit_a_short_budget(demo_run, tm
     """With seconds to spare, the fallback learns from a stratified subset and is still calibrated and saved."""
     from aidetect import detector
     from aidetect.budget import Deadline
-    from aidetect.cleaning import load_prepared
-    from aidetect.training import stratified_holdout
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(demo_run["artifacts"] / "prepared", artifacts / "prepared")
-    monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(artifacts))
-    monkeypatch.setattr(detector, "MIN_FALLBACK_TRAIN", 24)
-    train = load_prepared("train")
-    splits = {name: load_prepared(name) for name in ("calibration", "validation")}
-    indices, _ = stratified_holdout(train.source_class, 0.15, 0)
+    artifacts, train, splits, indices = fallback_inputs(demo_run, tmp_path, monkeypatch, min_fallback_train=24)
     assert len(indices) > 40, "the demo training set is too small for this test"
     started = time.monotonic()
     model, scores = detector.fit_fallback("task02", train, indices, splits, 0, Deadline(3, start=time.monotonic()))

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stagerun import SOLUTION, assert_complete, fresh_artifacts, read_predictions, run_stage, task_detector_only
+from stagerun import (SOLUTION, assert_complete, fallback_inputs, fresh_artifacts, read_predictions, run_stage,
+                      task_detector_only)
 
 from aidetect.budget import Deadline
 from aidetect.metrics import clopper_pearson
@@ -239,16 +240,8 @@ def test_the_threshold_is_the_rule_applied_to_the_calibration_reals_scores(demo_
     threshold is the Neyman-Pearson order statistic of the calibration split's real images, not of another split."""
     from aidetect import detector
     from aidetect.calibration import calibrate_threshold
-    from aidetect.cleaning import load_prepared
-    from aidetect.training import stratified_holdout
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(demo_run["artifacts"] / "prepared", artifacts / "prepared")
-    monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(artifacts))
-    monkeypatch.setattr(detector, "MIN_FALLBACK_TRAIN", 12)
-    train = load_prepared("train")
-    splits = {name: load_prepared(name) for name in ("calibration", "validation")}
-    indices, _ = stratified_holdout(train.source_class, 0.15, 0)
+    artifacts, train, splits, indices = fallback_inputs(demo_run, tmp_path, monkeypatch, min_fallback_train=12)
     model, _ = detector.fit_fallback("task02", train, indices[::3], splits, 0, Deadline(1000, start=time.monotonic()))
 
     calibration = splits["calibration"]
