@@ -20,7 +20,6 @@ every family.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -38,7 +37,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from aidetect.augment import POLICIES, ROBUST  # noqa: E402
 from aidetect.perturb import FAMILIES  # noqa: E402
 from result_files import header, write  # noqa: E402
-from robustness import condition_metrics, data_identity, load_split, processed_views  # noqa: E402
+from robustness import (condition_metrics, data_identity, load_split, mean_spread, processed_views,  # noqa: E402
+                        retrain_task03)
 
 NARROW = replace(ROBUST, name="robust_narrow", blur_kinds=("gaussian",), codecs=("jpeg",))
 # name: (view policy, TrainConfig overrides)
@@ -91,30 +91,16 @@ def run_stages(data_root: Path, artifacts: Path, seed: int, log_dir: Path, stage
 
 def train_variant(name: str, base: Path, data_root: Path, workdir: Path, seed: int) -> Path:
     """A Task-3 detector of variant ``name``, trained on ``base``'s prepared data (views remade if they differ)."""
-    from aidetect.budget import Deadline
-    from aidetect.cleaning import VIEW_POLICY, load_or_build_recipe, prepare_split
-    from aidetect.detector import TASK03_CONFIG, train_task
-    from aidetect.paths import pointing_at, task_dir
+    from aidetect.cleaning import VIEW_POLICY
+    from aidetect.detector import TASK03_CONFIG
 
     policy, overrides = VARIANTS[name]
-    artifacts = workdir / name / "artifacts"
-    shutil.rmtree(artifacts.parent, ignore_errors=True)
-    shutil.copytree(base / "prepared", artifacts / "prepared", copy_function=os.link,
-                    ignore=lambda folder, names: ["train"] if Path(folder).name == "prepared" else [])
-    shutil.copytree(base / "prepared" / "train", artifacts / "prepared" / "train")
-    shutil.copytree(base / "clean", artifacts / "clean", copy_function=os.link)
-    shutil.copytree(base / "task02", artifacts / "task02")
+    shutil.rmtree(workdir / name, ignore_errors=True)
+    remade = None if policy == POLICIES[VIEW_POLICY] else policy
     POLICIES[policy.name] = policy  # the network's views follow config.policy
-    with pointing_at(artifacts, data_root / "data"):
-        if policy != POLICIES[VIEW_POLICY]:
-            deadline = Deadline(3600, start=time.monotonic())
-            info = json.loads((artifacts / "prepared" / "train" / "info.json").read_text())
-            prepare_split("train", load_or_build_recipe(deadline), seed=info["seed"], deadline=deadline,
-                          limit=info["n_planned"], view_share=info["view_share"], view_policy=policy)
-        config = replace(TASK03_CONFIG, seed=seed, policy=policy.name, **overrides)
-        train_task("task03", Deadline(3600, start=time.monotonic()), config,
-                   init_from=task_dir("task02") / "model_best.pt")
-    return artifacts
+    config = replace(TASK03_CONFIG, seed=seed, policy=policy.name, **overrides)
+    return retrain_task03(base, workdir / name / "artifacts", data_root, remade, config, 3600,
+                          prepare_seconds=3600)
 
 
 def score(artifacts: Path, data_root: Path, task: str, views: dict, y: np.ndarray) -> dict:
@@ -143,20 +129,14 @@ def summarise(per_seed: list[dict], variants: list[str], families: list[str]) ->
     summary = {}
     for name in ["task02"] + variants:
         conditions = per_seed[0][name]["conditions"]
-        per_condition = {c: {m: _mean_std([s[name]["conditions"][c][m] for s in per_seed]) for m in conditions[c]}
+        per_condition = {c: {m: mean_spread([s[name]["conditions"][c][m] for s in per_seed]) for m in conditions[c]}
                          for c in conditions}
         unseen_keys = [f"{f}@{FAMILIES[f].moderate}" for f in unseen if f in families]
-        means = {m: _mean_std([np.mean([s[name]["conditions"][c][m] for c in unseen_keys]) for s in per_seed])
+        means = {m: mean_spread([np.mean([s[name]["conditions"][c][m] for c in unseen_keys]) for s in per_seed])
                  for m in ("fpr", "recall", "roc_auc", "recall_at_fpr_0.2")}
-        worst = _mean_std([max(s[name]["conditions"][c]["fpr"] for c in unseen_keys) for s in per_seed])
+        worst = mean_spread([max(s[name]["conditions"][c]["fpr"] for c in unseen_keys) for s in per_seed])
         summary[name] = {"per_condition": per_condition, "never_trained_mean": means, "never_trained_worst_fpr": worst}
     return {"never_trained_families": unseen, "variants": summary}
-
-
-def _mean_std(values) -> dict:
-    values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "n": int(len(values))}
 
 
 def markdown(result: dict) -> str:

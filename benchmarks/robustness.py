@@ -145,31 +145,43 @@ def score_run(artifacts: Path, data_root: Path, views: dict, y: np.ndarray, task
 # --- leave one family out ----------------------------------------------------------------------
 
 
-def train_without(family: str, run: Path, data_root: Path, workdir: Path, seed: int, seconds: float) -> Path:
-    """A Task-3 detector trained and calibrated on ``run``'s prepared data without training family ``family``."""
+def retrain_task03(source: Path, artifacts: Path, data_root: Path, view_policy, config, seconds: float,
+                   prepare_seconds: float = 1800) -> Path:
+    """A Task-3 detector trained and calibrated with ``config`` on ``source``'s prepared data (an ``artifacts``
+    folder holding prepared/, clean/ and task02/), written to ``artifacts``; the training split's whole-image
+    views are remade with ``view_policy`` unless it is None (keep prepare's)."""
     from aidetect.budget import Deadline
     from aidetect.cleaning import load_or_build_recipe, prepare_split
-    from aidetect.detector import TASK03_CONFIG, train_task
+    from aidetect.detector import train_task
     from aidetect.paths import task_dir
 
-    artifacts = workdir / f"without-{family}" / "artifacts"
-    shutil.rmtree(artifacts.parent, ignore_errors=True)
+    shutil.rmtree(artifacts, ignore_errors=True)
     # The other splits are only read: hard links. The training split is rewritten (some files in place),
-    # so it is a real copy and the run's own files never change.
-    shutil.copytree(run / "artifacts" / "prepared", artifacts / "prepared", copy_function=os.link,
+    # so it is a real copy and the source's own files never change.
+    shutil.copytree(source / "prepared", artifacts / "prepared", copy_function=os.link,
                     ignore=lambda folder, names: ["train"] if Path(folder).name == "prepared" else [])
-    shutil.copytree(run / "artifacts" / "prepared" / "train", artifacts / "prepared" / "train")
-    shutil.copytree(run / "artifacts" / "clean", artifacts / "clean", copy_function=os.link)
-    shutil.copytree(run / "artifacts" / "task02", artifacts / "task02")
+    shutil.copytree(source / "prepared" / "train", artifacts / "prepared" / "train")
+    shutil.copytree(source / "clean", artifacts / "clean", copy_function=os.link)
+    shutil.copytree(source / "task02", artifacts / "task02")
     with pointing_at(artifacts, data_root / "data"):
-        deadline = Deadline(1800, start=time.monotonic())
-        info = json.loads((artifacts / "prepared" / "train" / "info.json").read_text())
-        prepare_split("train", load_or_build_recipe(deadline), seed=info["seed"], deadline=deadline,
-                      limit=info["n_planned"], view_share=info["view_share"], view_policy=without(ROBUST, [family]))
-        config = replace(TASK03_CONFIG, seed=seed, exclude_families=(family,))
+        if view_policy is not None:
+            deadline = Deadline(prepare_seconds, start=time.monotonic())
+            info = json.loads((artifacts / "prepared" / "train" / "info.json").read_text())
+            prepare_split("train", load_or_build_recipe(deadline), seed=info["seed"], deadline=deadline,
+                          limit=info["n_planned"], view_share=info["view_share"], view_policy=view_policy)
         train_task("task03", Deadline(seconds, start=time.monotonic()), config,
                    init_from=task_dir("task02") / "model_best.pt")
     return artifacts
+
+
+def train_without(family: str, run: Path, data_root: Path, workdir: Path, seed: int, seconds: float) -> Path:
+    """A Task-3 detector trained and calibrated on ``run``'s prepared data without training family ``family``."""
+    from aidetect.detector import TASK03_CONFIG
+
+    artifacts = workdir / f"without-{family}" / "artifacts"
+    shutil.rmtree(artifacts.parent, ignore_errors=True)
+    config = replace(TASK03_CONFIG, seed=seed, exclude_families=(family,))
+    return retrain_task03(run / "artifacts", artifacts, data_root, without(ROBUST, [family]), config, seconds)
 
 
 # --- summary, targets, figures -------------------------------------------------------------------
