@@ -32,7 +32,7 @@ DATE := $(shell date +%F)
 
 .PHONY: setup run demo-data test mutation-check bench bench-throughput bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
 
-$(STAMP): requirements-dev.txt solution/requirements.txt
+$(STAMP): requirements-dev.txt solution/requirements.txt solution/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
