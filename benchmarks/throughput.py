@@ -49,7 +49,8 @@ def proxy_images(folder: Path) -> tuple[list[bytes], str]:
     table = pq.read_table(folder, columns=["image"])
     images = table.column("image").to_pylist()
     digest = hashlib.sha256(b"".join(images)).hexdigest()[:16]
-    return images, f"{len(images)} images of the predict split given by --data (sha256 of their bytes {digest})"
+    name = folder.resolve().parents[1].name  # <root>/data/predict: the dataset's name, never its path
+    return images, f"{len(images)} images of the predict split of {name} (sha256 of their bytes {digest})"
 
 
 def synthetic_images(n: int = 64, seed: int = 0) -> tuple[list[bytes], str]:
