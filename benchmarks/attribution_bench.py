@@ -13,7 +13,7 @@
    it rejected as an outlier, against the known classes.
 3. The issue's targets, measured (``targets`` in the JSON and the table's head).
 
-    python benchmarks/attribution_bench.py --artifacts /tmp/art_proxy --data /work/shared/proxy/data \
+    python benchmarks/attribution_bench.py --artifacts runs/proxy/artifacts --data DATA_ROOT/data \
         --out benchmarks/results/2026-01-01-attribution-proxy.json
 
 Writes the JSON, a markdown table beside it (same stem, ``.md``) and figures under
@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "solution"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def cpu_name() -> str:
@@ -287,6 +288,7 @@ def main(argv=None) -> int:
     from aidetect.budget import Deadline, available_cpus, configure_threads
     from aidetect.cleaning import load_prepared
     from aidetect.dataio import write_json
+    from result_files import data_identity, describe_data, portable
     from aidetect.detector import TASK02_CONFIG
 
     w = DEFAULT_W if args.w is None else args.w
@@ -303,7 +305,7 @@ def main(argv=None) -> int:
         "machine": {"nproc": os.cpu_count(), "cpu": cpu_name(), "torch_threads": threads,
                     "feature_workers": available_cpus(), "platform": platform.platform(),
                     "note": os.environ.get("BENCH_MACHINE_NOTE", "")},
-        "dataset": args.data.resolve().parent.name + "/" + args.data.name, "artifacts": str(args.artifacts),
+        "dataset": describe_data(data_identity(args.data)), "artifacts": str(args.artifacts),
         "w": w, "logo_planned": list(args.held_out),
     }
     work = Path(tempfile.mkdtemp(prefix="attribution_bench_"))
@@ -336,12 +338,12 @@ def main(argv=None) -> int:
                                           Deadline(args.run_seconds, start=time.monotonic()), fingerprints, w=w)
             result["logo"].append(run)
             result["seconds"] = time.monotonic() - started
-            write_json(args.out, result)  # partial results survive an interrupted benchmark
+            write_json(args.out, portable(result, [args.data]))  # partial results survive an interrupted benchmark
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["seconds"] = time.monotonic() - started
     result["targets"] = targets(result)
-    write_json(args.out, result)
+    write_json(args.out, portable(result, [args.data]))
     write_outputs(result, args, stem)
     print(markdown(result))
     return 0
@@ -350,11 +352,12 @@ def main(argv=None) -> int:
 def write_outputs(result: dict, args, stem: Path) -> None:
     """Targets into the JSON, then the markdown and the LOGO figures (also from a partial, interrupted run)."""
     from aidetect.dataio import write_json
+    from result_files import portable
 
     result["logo_planned"] = result.get("logo_planned", list(args.held_out))
     result["logo_completed"] = [r["held_out"] for r in result.get("logo", [])]
     result["targets"] = targets(result)
-    write_json(args.out, result)
+    write_json(args.out, portable(result, [args.data]))
     for split in ("validation", "validation_augmented"):
         if result.get("logo"):
             plot_logo_scores(result["logo"], split, args.figures / f"{stem.name}-logo-scores-{split}.png")

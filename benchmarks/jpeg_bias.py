@@ -22,7 +22,7 @@ scores, the packaged threshold rule), trained as
 Each is scored on validation, validation_augmented, the labelled predict split, the shortcut-flipped
 predict split and its format-only half (generated images saved as JPEG, nothing else changed).
 
-    python benchmarks/jpeg_bias.py --artifacts runs/proxy/artifacts --data ../shared/proxy \
+    python benchmarks/jpeg_bias.py --artifacts runs/proxy/artifacts --data DATA_ROOT \
         --out benchmarks/results/2026-01-01-jpeg-bias-proxy.json
 """
 from __future__ import annotations
@@ -174,17 +174,17 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", default=str(REPO / "runs" / "proxy" / "artifacts"))
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "proxy"))
+    parser.add_argument("--data", required=True, help="dataset root with data/<split>/ and labels/ (the run's data)")
     parser.add_argument("--out", required=True, help="the JSON result; the markdown table goes beside it (.md)")
     parser.add_argument("--tasks", default="task02,task03")
     args = parser.parse_args(argv)
-    from result_files import header, write
+    from result_files import data_identity, header, write
 
     started = time.monotonic()
-    result = {**header(), "artifacts": str(Path(args.artifacts).resolve()), "data": str(Path(args.data).resolve())}
+    result = {**header(), "artifacts": str(Path(args.artifacts).resolve()), "data": data_identity(args.data)}
     result.update(run(Path(args.artifacts).resolve(), Path(args.data).resolve(), tuple(args.tasks.split(","))))
     result["seconds"] = round(time.monotonic() - started, 1)
-    write(args.out, result, markdown(result))
+    write(args.out, result, markdown(result), data_roots=[args.data])
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The course's reference timing script (see SPEC.md, "The reference runtime").
+"""The course's reference timing script (docs/contract.md, "The reference runtime").
 
 A synthetic in-memory training benchmark: a six-conv CNN (k = 32) trained with AdamW on one fixed
 random batch of 128 images at 224x224.  After ``--warmup`` (default 10) warm-up steps, ``--steps``

@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from aidetect.augment import POLICIES, ROBUST  # noqa: E402
 from aidetect.perturb import FAMILIES  # noqa: E402
-from result_files import header, write  # noqa: E402
-from robustness import (condition_metrics, data_identity, load_split, mean_spread, processed_views,  # noqa: E402
+from result_files import data_identity, header, write  # noqa: E402
+from robustness import (condition_metrics, load_split, mean_spread, processed_views,  # noqa: E402
                         retrain_task03)
 
 NARROW = replace(ROBUST, name="robust_narrow", blur_kinds=("gaussian",), codecs=("jpeg",))
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
                            for name in args.variants},
               "summary": summarise(per_seed, args.variants, args.families), "per_seed": per_seed,
               "seconds": time.monotonic() - started}
-    write(args.out, result, markdown(result))
+    write(args.out, result, markdown(result), data_roots=[args.data])
     return 0
 
 

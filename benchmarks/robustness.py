@@ -371,17 +371,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def data_identity(data_root: Path) -> dict:
-    """The data by name and content hash of its parquet files (never by path)."""
-    digest = hashlib.sha1()
-    for path in sorted((data_root / "data").rglob("*.parquet")):
-        digest.update(path.relative_to(data_root).as_posix().encode())
-        digest.update(hashlib.sha1(path.read_bytes()).digest())
-    return {"name": data_root.resolve().name, "sha1": digest.hexdigest()[:16]}
-
-
 def main(argv=None) -> int:
-    from result_files import header, write
+    from result_files import data_identity, header, write
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, type=Path, help="dataset root with data/<split>/")
@@ -451,7 +442,7 @@ def main(argv=None) -> int:
               "flip_shift": flip, "summary": summary, "per_run": per_run,
               "per_run_validation_augmented": per_run_augmented, "leave_one_family_out": lofo,
               "figures": {k: Path(v).name for k, v in figures.items()}, "seconds": time.monotonic() - started}
-    write(args.out, result, markdown(result))
+    write(args.out, result, markdown(result), data_roots=[args.data])
     return 0
 
 

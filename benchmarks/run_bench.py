@@ -1,8 +1,8 @@
-"""The benchmark on ../shared/proxy: everything the detector issue must show, in one run.
+"""The proxy benchmark (docs/proxy.md): everything the detector issue must show, in one run.
 
-    python benchmarks/run_bench.py --data ../shared/proxy --out benchmarks/results
+    python benchmarks/run_bench.py --data DATA_ROOT --out benchmarks/results
 
-1. the course reference runtime (SPEC.md), measured first, on the same machine;
+1. the course reference runtime (docs/contract.md), measured first, on the same machine;
 2. the packaged six-stage pipeline through the grading harness with the official
    timeouts (read-only data, no network), scored on the labelled predict split;
 3. the same trained detectors on a shortcut-flipped copy of the predict split,
@@ -11,6 +11,7 @@
 
 Writes ``<out>/<date>-proxy.json`` and ``<out>/<date>-proxy.md``; the run's
 artifacts stay in ``runs/proxy/`` for explainability, attribution and the report.
+The result names the data by name and content hash, never by path (``result_files.portable``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from flipped import PARTS, VARIANTS, make_flipped  # noqa: E402
 from grade import grade, score_predictions, validate_predictions, read_predict_ids  # noqa: E402
+from result_files import data_identity, describe_data, portable  # noqa: E402
 
 
 def step(title: str) -> None:
@@ -94,6 +96,7 @@ def markdown(result: dict) -> str:
     card = result["harness"]
     lines = [f"# Proxy benchmark, {result['date']}", "",
              f"Machine: {result['machine']['cpu']} ({result['machine']['nproc']} cores); command: `{result['command']}`", "",
+             *([f"Data: {describe_data(result['data'])}.", ""] if result.get("data") else []),
              *([f"Note: {result['note']}.", ""] if result.get("note") else []),
              "## Stages (official timeouts, read-only data, no network)", "",
              "| stage | timeout s | wall s | exit | peak MB |", "|---|---|---|---|---|"]
@@ -160,6 +163,7 @@ def assemble(args) -> int:
     date = time.strftime("%Y-%m-%d")
     result = {"date": date, "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "machine": {"cpu": cpu_name(), "nproc": os.cpu_count(), "host": platform.node()},
+              "data": data_identity(data_root),
               "reference": json.loads((run_dir / "reference_runtime.json").read_text()),
               "harness": json.loads((run_dir / "scorecard.json").read_text())}
     previous = out_dir / f"{date}-proxy.json"  # the run's own result, if this re-assembles it: keep its command
@@ -179,7 +183,8 @@ def assemble(args) -> int:
     result["flip_decomposition"] = flip_decomposition(run_dir, data_root)
     if args.families_json:
         result["families"] = json.loads(Path(args.families_json).read_text())
-    (out_dir / f"{date}-proxy.json").write_text(json.dumps(result, indent=2, default=str))
+    result = portable(json.loads(json.dumps(result, default=str)), [args.data])
+    (out_dir / f"{date}-proxy.json").write_text(json.dumps(result, indent=2))
     (out_dir / f"{date}-proxy.md").write_text(markdown(result))
     print(markdown(result))
     return 0
@@ -187,7 +192,7 @@ def assemble(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "proxy"))
+    parser.add_argument("--data", required=True, help="dataset root with data/<split>/ and labels/ (see docs/proxy.md)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--run-dir", default=str(REPO / "runs" / "proxy"))
     parser.add_argument("--family-budget", type=float, default=300.0)
@@ -208,7 +213,8 @@ def main(argv=None) -> int:
     from reference_runtime import cpu_name
 
     result = {"date": date, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "machine": {"cpu": cpu_name(), "nproc": os.cpu_count(), "host": platform.node()}}
+              "machine": {"cpu": cpu_name(), "nproc": os.cpu_count(), "host": platform.node()},
+              "data": data_identity(data_root)}
     if not args.skip_reference:
         step("reference runtime")
         result["reference"] = reference_runtime(run_dir)
@@ -224,7 +230,8 @@ def main(argv=None) -> int:
     if not args.skip_families:
         step("model families")
         result["families"] = families(run_dir, run_dir, args.family_budget)
-    (out_dir / f"{date}-proxy.json").write_text(json.dumps(result, indent=2, default=str))
+    result = portable(json.loads(json.dumps(result, default=str)), [args.data])
+    (out_dir / f"{date}-proxy.json").write_text(json.dumps(result, indent=2))
     copy_run_outputs(run_dir / "artifacts", out_dir, date)
     if "reference" in result:
         (out_dir / f"{date}-proxy.md").write_text(markdown(result))

@@ -1,7 +1,7 @@
 """Does the pipeline scale? The six stages on the proxy and on a 10x copy of it, with full and tight timeouts.
 
-    python benchmarks/scale_bench.py --data ../shared/proxy                 # 1x and 10x, timeouts x1 and x0.1
-    python benchmarks/scale_bench.py --data demo --factors 2 --timeout-scales 0.05 --out /tmp/scale   # smoke check
+    python benchmarks/scale_bench.py --data DATA_ROOT                       # 1x and 10x, timeouts x1 and x0.1
+    python benchmarks/scale_bench.py --data demo --factors 2 --timeout-scales 0.05 --out runs/scale   # smoke check
 
 For every factor the dataset is replicated: copy 0 is the original file, copy k
 is the same image flipped or rotated (the eight symmetries of the square, then
@@ -39,8 +39,10 @@ from PIL import Image, JpegImagePlugin
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from grade import _atomic_write_text, _cpu_model, _git_info, grade  # noqa: E402
+from result_files import data_identity, describe_data, portable  # noqa: E402
 
 SPLITS = ("train", "calibration", "calibration_augmented", "validation", "validation_augmented", "predict")
 SYMMETRIES = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180,
@@ -193,7 +195,8 @@ def markdown(result: dict) -> str:
     rate = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"# Scale and time-budget benchmark, {result['date'][:10]}", "",
              f"Machine: {result['machine']['cpu_model']} ({result['machine']['nproc']} cores). Data: "
-             f"`{result['data']}` replicated (x1 = as is; {result['note']})."
+             f"`{describe_data(result['data']) if isinstance(result['data'], dict) else result['data']}` replicated "
+             f"(x1 = as is; {result['note']})."
              + (f" Command: `{result['command']}`" if result.get("command") else "")
              + (f", commit {result['git_commit'][:7]}." if result.get("git_commit") else ""), "",
              "Memory columns: `peak` = the harness's `peak_rss_mb`, the larger of the largest sum of RSS over the "
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {"cpu_model": _cpu_model(), "nproc": os.cpu_count(), "python": platform.python_version()},
-        "data": str(data_root), "factors": factors, "timeout_scales": scales,
+        "data": data_identity(data_root), "factors": factors, "timeout_scales": scales,
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "git_commit": _git_info(str(REPO))["commit"],
         "replication": {}, "runs": [],
         "note": "copy k of an image = a symmetry of the square (+ an 8 px border cut from k >= 8), re-encoded in "
@@ -283,12 +286,12 @@ def main(argv: list[str] | None = None) -> int:
                 run["load_average_at_end"] = os.getloadavg()
                 run["scorecard"] = str(run_dir / "scorecard.json") if args.keep else None
                 result["runs"].append(run)
-                _atomic_write_text(str(result_path), json.dumps(result, indent=2) + "\n")
+                _atomic_write_text(str(result_path), json.dumps(portable(result, [data_root]), indent=2) + "\n")
                 print_table([run])
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    _atomic_write_text(str(result_path.with_suffix(".md")), markdown(result))
+    _atomic_write_text(str(result_path.with_suffix(".md")), portable(markdown(result), [data_root]))
     print(f"\n[scale] wrote {result_path} and its tables in {result_path.with_suffix('.md').name}")
     return 0 if all(r["all_valid"] for r in result["runs"]) else 1
 

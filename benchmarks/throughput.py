@@ -1,6 +1,6 @@
 """How fast do the predict stages score? Images per second and peak memory of predict.py and predict_augmented.py.
 
-    python benchmarks/throughput.py --artifacts runs/proxy/artifacts --data ../shared/proxy/data/predict \\
+    python benchmarks/throughput.py --artifacts runs/proxy/artifacts --data DATA_ROOT/data/predict \\
         --images 1000 20000 --out benchmarks/results/<date>-throughput.json
 
 Each predict set is built in a temporary folder outside the repository (never
@@ -49,7 +49,8 @@ def proxy_images(folder: Path) -> tuple[list[bytes], str]:
     table = pq.read_table(folder, columns=["image"])
     images = table.column("image").to_pylist()
     digest = hashlib.sha256(b"".join(images)).hexdigest()[:16]
-    return images, f"{len(images)} images of the predict split given by --data (sha256 of their bytes {digest})"
+    name = folder.resolve().parents[1].name  # <root>/data/predict: the dataset's name, never its path
+    return images, f"{len(images)} images of the predict split of {name} (sha256 of their bytes {digest})"
 
 
 def synthetic_images(n: int = 64, seed: int = 0) -> tuple[list[bytes], str]:
@@ -197,8 +198,8 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifacts", required=True, help="a run's artifacts holding task02/ and task03/ detectors")
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "proxy" / "data" / "predict"),
-                        help="the predict split whose images are cycled (data set 'proxy')")
+    parser.add_argument("--data", default=None,
+                        help="the predict split whose images are cycled (set 'proxy'; required with it)")
     parser.add_argument("--images", type=int, nargs="+", default=[1000, 20000])
     parser.add_argument("--sets", nargs="+", default=["proxy", "synthetic"], choices=["proxy", "synthetic"])
     parser.add_argument("--synthetic-images", type=int, nargs="+", default=None,
@@ -211,6 +212,9 @@ def main() -> None:
     parser.add_argument("--solution", default=str(REPO / "solution"), help="the solution folder whose stages run")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if "proxy" in args.sets and not args.data:
+        parser.error("--data is required for the 'proxy' set")
+    data_roots = [Path(args.data).parents[1]] if args.data else []
 
     from result_files import header, write
 
@@ -233,7 +237,7 @@ def main() -> None:
                 stages = args.synthetic_stages if name == "synthetic" and args.synthetic_stages else args.stages
                 result["runs"] += measure(name, images, n, Path(args.artifacts), args.timeout, Path(args.solution),
                                           Path(work), stages)
-                write(args.out, result, markdown(result))  # rewritten after every run: a cut-short run keeps its rows
+                write(args.out, result, markdown(result), data_roots)  # rewritten after every run: a cut-short run keeps its rows
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from aidetect.labels import binary_label  # noqa: E402
 from aidetect.metrics import detection_metrics  # noqa: E402
 from aidetect.paths import pointing_at  # noqa: E402
 
+from benchmarks.result_files import data_identity, describe_data, portable  # noqa: E402
 from explainability import attributions, audit, figures  # noqa: E402
 from explainability.discussion import write_discussion  # noqa: E402
 from explainability.loading import TaskModel, ValidationSet, load_task_model, load_validation  # noqa: E402
@@ -506,7 +507,8 @@ def main(argv: list[str] | None = None) -> dict:
     with pointing_at(args.artifacts, args.data):
         data = load_validation(args.split)
         summary = {
-            "config": {"artifacts": str(args.artifacts), "data": str(args.data), "split": args.split,
+            "config": {"artifacts": portable(str(args.artifacts)), "data": describe_data(data_identity(args.data)),
+                       "split": args.split,
                        "tasks": args.tasks, "max_images": args.max_images,
                        "max_occlusion_images": args.max_occlusion_images, "max_audit_images": args.max_audit_images,
                        "seed": args.seed, "timeout_seconds": args.timeout_seconds, "threads": threads},

@@ -1,9 +1,9 @@
 """The container recipe (solution/Dockerfile, solution/.dockerignore) and its dependency manifest.
 
 No Docker engine is needed: hadolint lints the Dockerfile, the Dockerfile text is parsed for the
-properties SPEC.md asks of the example container, and the imports of every Python file under
-solution/ are checked against solution/requirements.txt (+ torch/torchvision, which the Dockerfile
-installs from PyTorch's CPU-only index).  The import scan works on whatever is in solution/ at the
+properties the course asks of its example container (docs/contract.md), and the imports of every
+Python file under solution/ are checked against solution/requirements.txt (+ torch/torchvision,
+which the Dockerfile installs from PyTorch's CPU-only index).  The import scan works on whatever is in solution/ at the
 time, so it keeps passing (or failing for a real reason) while the package grows.
 """
 from __future__ import annotations
@@ -380,6 +380,18 @@ def test_requirements_pinned_and_torch_not_listed():
         assert dist not in names, (
             f"{dist} must not be in requirements.txt: pip would fetch the CUDA build from PyPI; "
             "it is installed from the CPU index in the Dockerfile")
+
+
+def test_the_lock_holds_every_requirement_at_its_pin(instructions):
+    """constraints.txt pins the transitive closure of requirements.txt; the image and the dev venv use it."""
+    lock = requirement_names(SOLUTION / "constraints.txt")
+    for name, line in requirement_names().items():
+        assert lock.get(name, "").replace(" ", "") == line.replace(" ", ""), f"{line!r} differs in constraints.txt"
+    for name, line in lock.items():
+        assert re.fullmatch(r"[A-Za-z0-9._-]+==[0-9][^\s;]*", line), f"constraint not an exact pin: {line!r}"
+    assert not set(TORCH_PINS) & set(lock), "torch comes from the CPU index, not from the lock"
+    assert any(re.search(r"pip install\b.*\s-c\s+constraints\.txt\b", cmd) for cmd in run_commands(instructions))
+    assert "-c solution/constraints.txt" in (ROOT / "requirements-dev.txt").read_text().splitlines()
 
 
 def test_import_scan_helpers():

@@ -349,6 +349,14 @@ def test_cli_single_stage_without_isolation(tmp_path):
 
 
 # ----------------------------------------------------------------------------- units
+def test_an_ordinary_user_gets_the_isolation_rootless(monkeypatch):
+    """Not root: a user namespace in which the caller is root, so the read-only bind mount is allowed."""
+    monkeypatch.setattr(grade_mod.os, "geteuid", lambda: 1000)
+    assert grade_mod.unshare_argv() == ["unshare", "--user", "--map-root-user", "--mount", "--net", "--fork"]
+    monkeypatch.setattr(grade_mod.os, "geteuid", lambda: 0)
+    assert grade_mod.unshare_argv() == ["unshare", "--mount", "--net", "--fork"]
+
+
 def test_dockerignore_semantics():
     di = grade_mod.DockerIgnore(["# comment", "data", "artifacts/", "*.pyc", "**/__pycache__",
                                  ".pytest_cache", "/build", "docs/*.md", "!docs/KEEP.md"])

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Grading harness: run the six stages of ``solution/`` the way the graders do, without Docker.
 
-What the graders do (see ``/work/shared/SPEC.md``): build the image from ``solution/``
+What the graders do (see ``docs/contract.md``): build the image from ``solution/``
 (``COPY . /workspace/solution``), mount their dataset read-only at ``solution/data/``, run
 ``docker run --cpus 8`` without network, and call six scripts in order, each killed after the
 timeout it receives on the command line.  Then they score ``artifacts/task02/predictions.csv``
@@ -17,9 +17,10 @@ This harness reproduces that on the bare machine:
 * each stage runs as ``python <stage>.py --timeout_seconds T`` (``T = max(1, round(official *
   scale))``) from inside ``<ws>/solution`` with the harness's own interpreter, inside
   ``unshare --mount --net --fork`` (new mount and network namespaces: no network, only a DOWN
-  loopback), where ``ROOT/data`` is bind-mounted READ-ONLY at ``<ws>/solution/data``;
-  if ``unshare``/``mount`` are not permitted (not root) it falls back to no isolation (``data``
-  becomes a symlink, nothing is read-only, network is available) and says so;
+  loopback), where ``ROOT/data`` is bind-mounted READ-ONLY at ``<ws>/solution/data``; an
+  ordinary user runs it rootless, inside a user namespace (``unshare --user --map-root-user``);
+  if ``unshare``/``mount`` are not permitted (no user namespaces) it falls back to no isolation
+  (``data`` becomes a symlink, nothing is read-only, network is available) and says so;
 * the stage is killed after ``T`` seconds: SIGTERM to its whole process group at ``T``, SIGKILL
   ``grace`` seconds later (default 5 s); after the stage's main process ends, any process it left
   behind is SIGKILLed (a container dies with its main process);
@@ -44,7 +45,7 @@ This harness reproduces that on the bare machine:
 
 Usage::
 
-    python tools/grade.py --data /work/shared/proxy [--solution solution] [--workspace DIR]
+    python tools/grade.py --data DATA_ROOT [--solution solution] [--workspace DIR]
         [--timeout-scale 1.0] [--stages all|clean,prepare,...] [--out scorecard.json]
         [--keep-workspace] [--artifacts-out DIR] [--grace 5] [--no-isolation]
         [--loopback-up] [--reuse-artifacts] [--quiet]
@@ -327,6 +328,13 @@ def copy_build_context(src: str, dst: str, ignore: DockerIgnore | None = None,
 
 
 # --------------------------------------------------------------------------- isolation
+def unshare_argv() -> list[str]:
+    """``unshare`` with new mount and network namespaces. An ordinary user also needs a user namespace in
+    which it is root (``--map-root-user``): the mounts are then allowed, and files it writes stay its own."""
+    rootless = ["--user", "--map-root-user"] if os.geteuid() != 0 else []
+    return ["unshare", *rootless, "--mount", "--net", "--fork"]
+
+
 def probe_isolation(data_src: str, data_dst: str) -> tuple[bool, str]:
     """True if ``unshare --mount --net`` plus a read-only bind mount work here."""
     if not shutil.which("unshare") or not shutil.which("mount"):
@@ -336,7 +344,7 @@ def probe_isolation(data_src: str, data_dst: str) -> tuple[bool, str]:
               f"test -d {shlex.quote(data_dst)} && ! touch {shlex.quote(data_dst)}/.grade_probe "
               f"2>/dev/null")
     try:
-        r = subprocess.run(["unshare", "--mount", "--net", "--fork", "sh", "-c", script],
+        r = subprocess.run([*unshare_argv(), "sh", "-c", script],
                            capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as e:
         return False, f"unshare failed: {e}"
@@ -394,7 +402,7 @@ def run_stage(name: str, script: str, official_timeout: int, *, sol_dir: str, da
         if loopback_up:
             sh += "ip link set lo up 2>/dev/null || true; "
         sh += f"cd {shlex.quote(sol_dir)} && exec {shlex.join(inner)}"
-        argv = ["unshare", "--mount", "--net", "--fork", "sh", "-c", sh]
+        argv = [*unshare_argv(), "sh", "-c", sh]
     else:
         argv = inner
     rec: dict[str, Any] = {

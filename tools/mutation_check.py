@@ -373,6 +373,10 @@ def save(out: Path, argv, load_before, baseline: dict, results: list[dict]) -> d
         "not_checked": [r["name"] for r in results if r["result"] not in ("killed", "survived")],
         "breakages": results,
     }
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from result_files import portable  # a committed result names no machine path
+
+    record = portable(record)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     write_markdown(out.with_suffix(".md"), record)
