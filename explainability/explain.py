@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -482,27 +484,67 @@ def describe_model(model: TaskModel) -> dict:
             "best_epoch": (model.detector.info.get("fit") or {}).get("best_epoch")}
 
 
-SHARED_FIGURES = ("per_source_recall", "shortcut_audit", "channel_ablation", "deletion_curves", "frequency_filtering",
-                  "spectra")
-TASK_FIGURES = ("attributions", "errors", "gradcam_mean", "image_statistics", "shortcut_by_source")
+class InputError(RuntimeError):
+    """The run or data folder lacks what the explanations read; nothing has been written."""
 
 
-def clear_previous_outputs(out: Path) -> None:
-    """Remove this command's files from an earlier run, so a run cut short leaves no stale figure behind."""
-    names = [f"{n}.png" for n in SHARED_FIGURES] + [f"{t}_{n}.png" for t in TASKS for n in TASK_FIGURES]
-    for name in names + ["summary.json", "discussion.md"]:
-        (out / name).unlink(missing_ok=True)
+def check_inputs(artifacts: Path, data: Path, split: str, tasks: list[str]) -> list[str]:
+    """What is missing for an explanation run (empty when it can start), checked before anything is written."""
+    problems = []
+    if not Path(artifacts).is_dir():
+        return [f"artifacts folder {artifacts} does not exist (run the six stages or `make bench` first)"]
+    if not (Path(artifacts) / "prepared" / split).is_dir():
+        problems.append(f"{Path(artifacts) / 'prepared' / split} is missing (prepare.py has not run)")
+    detectors = [task for task in tasks if (Path(artifacts) / task / "detector.json").is_file()]
+    if not detectors:
+        problems.append(f"no detector.json for {', '.join(tasks)} in {artifacts} (train.py has not run)")
+    if not (Path(data) / split).is_dir():
+        problems.append(f"data folder {Path(data) / split} does not exist (the originals are read for the "
+                        f"shortcut audit; pass --data)")
+    return problems
+
+
+def build_folder(out: Path) -> Path:
+    """Where a run writes before its outputs replace ``out``: a hidden sibling, cleared first."""
+    return out.parent / f".{out.name}.build"
+
+
+def replace_outputs(build: Path, out: Path) -> None:
+    """Swap the finished build folder in for ``out`` (the previous outputs are removed only now)."""
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(build, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run every analysis that fits in the time budget; return the summary (also written to ``--out``)."""
     args = get_args_parser().parse_args(argv)
+    task_list = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    problems = check_inputs(args.artifacts, args.data, args.split, task_list)
+    if problems:
+        raise InputError("cannot explain: " + "; ".join(problems) + f". Nothing was written to {args.out}.")
     deadline = Deadline(args.timeout_seconds, start=time.monotonic())
     threads = configure_threads()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    clear_previous_outputs(out)
+    final_out = Path(args.out)
+    out = build_folder(final_out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     started = time.monotonic()
+    try:
+        summary = _explain(args, deadline, threads, out, task_list, started)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    replace_outputs(out, final_out)
+    log.info("explanations written to %s in %.0fs", final_out, time.monotonic() - started)
+    return summary
+
+
+def _explain(args, deadline: Deadline, threads: int, out: Path, task_list: list[str], started: float) -> dict:
+    """Every analysis that fits in the budget, written into ``out``; returns the summary."""
     with pointing_at(args.artifacts, args.data):
         data = load_validation(args.split)
         summary = {
@@ -515,7 +557,7 @@ def main(argv: list[str] | None = None) -> dict:
             "tasks": {}, "figures": {}, "timing_seconds": {}, "skipped": {},
         }
         models = {}
-        for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        for task in task_list:
             try:
                 models[task] = load_task_model(task)
             except PipelineError as exc:
@@ -541,10 +583,13 @@ def main(argv: list[str] | None = None) -> dict:
         summary["timing_seconds"]["total"] = round(time.monotonic() - started, 1)
         write_json(out / "summary.json", summary)
         write_discussion(out / "discussion.md", summary)
-    log.info("explanations written to %s in %.0fs", out, time.monotonic() - started)
     return summary
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    main()
+    try:
+        main()
+    except (InputError, PipelineError) as exc:
+        print(f"explain: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -9,6 +9,7 @@ cannot be checked, and the tests fail loudly instead of skipping.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,47 @@ def test_frequency_filters_and_block_removal_edge_cases():
     order = rng.permutation((32 // attributions.BLOCK) ** 2)
     assert np.array_equal(attributions.with_blocks_removed(crops[0], baseline[0], order, 0), crops[0])
     assert np.array_equal(attributions.with_blocks_removed(crops[0], baseline[0], order, order.size), baseline[0])
+
+
+def _digest(folder: Path) -> dict:
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_missing_inputs_fail_before_touching_the_committed_output(tmp_path):
+    """`make explain` in a fresh clone (no run, no data): a clear error, the committed output byte-identical."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    committed = repo / "explainability" / "output"
+    before = _digest(committed)
+    run = subprocess.run([sys.executable, str(repo / "explainability" / "explain.py"), "--artifacts",
+                          str(tmp_path / "no_run"), "--data", str(tmp_path / "no_data")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "cannot explain" in run.stderr and "no_run" in run.stderr and "Nothing was written" in run.stderr
+    assert _digest(committed) == before
+    assert not (committed.parent / f".{committed.name}.build").exists()
+
+
+def test_a_failed_run_leaves_the_previous_output(demo_run, tmp_path):
+    """An explanation run that fails midway removes its build folder and keeps the earlier outputs."""
+    from explainability import explain
+
+    out = tmp_path / "output"
+    out.mkdir()
+    (out / "summary.json").write_text('{"earlier": true}')
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(Path(demo_run["artifacts"]), artifacts)
+    for task in ("task02", "task03"):  # detectors whose weights are gone: loading fails after the check
+        for weights in (artifacts / task).glob("*.pt"):
+            weights.unlink()
+        (artifacts / task / "fallback.pkl").unlink(missing_ok=True)
+    with pytest.raises(Exception):
+        explain.main(["--artifacts", str(artifacts), "--data", str(Path(demo_run["data_root"]) / "data"),
+                      "--out", str(out), "--timeout_seconds", "120"])
+    assert json.loads((out / "summary.json").read_text()) == {"earlier": True}
+    assert not explain.build_folder(out).exists()
