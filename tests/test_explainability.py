@@ -53,7 +53,7 @@ def test_every_analysis_writes_its_figures_numbers_and_discussion(explained):
     for name in expected_figures(summary):
         assert name in summary["figures"], f"figure {name} missing from summary.json"
         path = out / summary["figures"][name]
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or path.read_bytes()[:3] == b"\xff\xd8\xff", path
         assert path.stat().st_size < MAX_FIGURE_BYTES, f"{path.name} is {path.stat().st_size} bytes"
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["figures"] == summary["figures"]
@@ -151,3 +151,66 @@ def test_a_failed_run_leaves_the_previous_output(demo_run, tmp_path):
                       "--out", str(out), "--timeout_seconds", "120"])
     assert json.loads((out / "summary.json").read_text()) == {"earlier": True}
     assert not explain.build_folder(out).exists()
+
+
+def _drawn(monkeypatch, draw) -> list:
+    """The matplotlib figures ``draw`` saves (saving itself is skipped)."""
+    from explainability import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.append(fig) or Path(path))
+    draw(figures)
+    return drawn
+
+
+def _small_texts(fig, minimum: float) -> list[str]:
+    import matplotlib.text
+
+    return [f"{t.get_text()!r} at {t.get_fontsize():.1f} pt" for t in fig.findobj(matplotlib.text.Text)
+            if t.get_visible() and t.get_text().strip() and t.get_fontsize() < minimum - 1e-6]
+
+
+def test_figures_are_drawn_at_print_size_with_readable_text(monkeypatch):
+    """No figure is wider than the page, and no label is under 7 pt there (colour bars included)."""
+    repo = Path(__file__).resolve().parents[1]
+    summary = json.loads((repo / "explainability" / "output" / "summary.json").read_text())
+    tasks = summary["tasks"]
+    rng = np.random.default_rng(0)
+    crop = (rng.random((256, 256, 3)) * 255).astype(np.uint8)
+    heat = rng.normal(size=(256, 256))
+    sections = [{"title": "false positives", "items": [{"crop": crop, "score": 1.0, "source": 0, "map": heat}] * 2},
+                {"title": "false negatives", "items": [{"crop": crop, "score": 0.1, "source": 1, "map": heat}] * 5}]
+
+    def draw(figures):
+        figures.channel_ablation(Path("a.png"), {t: v["channel_ablation"] for t, v in tasks.items()})
+        figures.shortcut_overview(Path("b.png"), {t: v["shortcut_audit"] for t, v in tasks.items()})
+        figures.frequency_curves(Path("c.png"), {t: v["frequency"] for t, v in tasks.items()})
+        figures.deletion_curves(Path("d.png"), {t: v["attributions"]["deletion"] for t, v in tasks.items()})
+        figures.error_gallery(Path("e.png"), "task03", sections, 1.0)
+        figures.mean_attention(Path("f.png"), "task03", heat, heat, {"real": 1, "generated": 1}, 32)
+
+    from explainability import figures as module
+
+    for fig in _drawn(monkeypatch, draw):
+        fig.canvas.draw()
+        assert fig.get_size_inches()[0] <= module.PAGE_INCHES + 1e-6, fig.get_size_inches()
+        assert not _small_texts(fig, module.MIN_FONT), _small_texts(fig, module.MIN_FONT)
+
+
+def test_photo_figures_keep_full_colour(tmp_path):
+    """A figure of photographs is saved in full colour (JPEG when PNG is too large), never as a 256-colour palette."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from explainability import figures
+
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(1)
+    photo = gaussian_filter(rng.random((400, 700, 3)), (3, 3, 0))  # smooth like a photograph, many colours
+    fig, ax = plt.subplots(figsize=(figures.PAGE_INCHES, 4))
+    ax.imshow(((photo - photo.min()) / np.ptp(photo) * 255).astype(np.uint8))
+    path = figures.save(fig, tmp_path / "photos.png")
+    assert path.stat().st_size <= figures.MAX_BYTES
+    with Image.open(path) as image:
+        assert image.mode in ("RGB", "RGBA"), image.mode
