@@ -404,6 +404,19 @@ def _deletion_test(run, model, sample, crops, baselines, maps, n_done, rng) -> d
     out = {"deletion": attributions.summarise_deletion(curves, attributions.DELETION_FRACTIONS, detected[chosen][:done])
            | {"methods": methods, "block_px": attributions.BLOCK,
               "replacement": f"Gaussian blur of the image, sigma {attributions.BLUR_SIGMA} px"}}
+    # The same orders with an in-distribution replacement: blocks of the same image from elsewhere.
+    if run.keep_going():
+        replacement = attributions.resampled(crops[chosen[:done]], np.random.default_rng([run.args.seed, 78]))
+        in_distribution = attributions.deletion_curves(model, crops[chosen[:done]], replacement,
+                                                       {name: rows[:done] for name, rows in orders.items()},
+                                                       keep_going=run.keep_going)
+        k = len(next(iter(in_distribution.values())))
+        if k:
+            out["deletion_resampled"] = attributions.summarise_deletion(
+                in_distribution, attributions.DELETION_FRACTIONS, detected[chosen][:k]) | {
+                "methods": methods, "block_px": attributions.BLOCK,
+                "replacement": "a block of the same image from elsewhere on the 8-px grid, moved to the removed "
+                               "block's mean colour"}
     subset = [j for j, i in enumerate(chosen[:done]) if i < n_done["occlusion"]]
     if "occlusion" not in methods and subset and run.keep_going():
         occlusion_orders = {"occlusion": attributions.removal_orders(maps["occlusion"][chosen[subset]], rng)}

@@ -22,7 +22,7 @@ def _r(x) -> str:
 def explain_values(summary: dict | None, task: str = FINAL_TASK) -> dict:
     t = dig(summary, "tasks", task)
     keys = ("ex.model", "ex.ablation", "ex.frequency", "ex.png", "ex.jpeg", "ex.resize", "ex.attention",
-            "ex.errors", "ex.texture", "ex.deletion", "ex.baseline", "ex.hardest", "abs.explain")
+            "ex.errors", "ex.texture", "ex.deletion", "ex.baseline", "ex.hardest", "abs.explain", "ex.resampled")
     if not isinstance(t, dict):
         return {key: NOT_RUN for key in keys}
     v = {}
@@ -139,7 +139,25 @@ def explain_values(summary: dict | None, task: str = FINAL_TASK) -> dict:
                              "; the blurred baseline lowers the logit, as a neutral baseline should")
     else:
         v["ex.baseline"] = v["ex.deletion"] = NOT_RUN
+    v["ex.resampled"] = resampled_sentence(dig(t, "attributions", "deletion_resampled"))
     return v
+
+
+def resampled_sentence(dl: dict | None) -> str:
+    """The deletion test with blocks of the same image as replacement (in distribution), in words."""
+    if not isinstance(dl, dict) or "best_method" not in dl:
+        return ("the in-distribution variant of the test (each removed block replaced by a block of the same image "
+                f"from elsewhere) is {NOT_RUN} on this run")
+    method = dl["best_method"].replace("_", " ")
+    original, replaced = dl.get("mean_logit_original"), dl.get("mean_logit_fully_blurred")
+    drift = (f"; the fully replaced crop moves the mean logit from {original:.2f} to {replaced:.2f}"
+             if is_number(original) and is_number(replaced) else "")
+    if dl.get("best_beats_random"):
+        return (f"with an in-distribution replacement (each removed block replaced by a block of the same image from "
+                f"elsewhere, at its mean colour), {method} still removes evidence faster than random order (area gain "
+                f"{dl.get('best_auc_gain_over_random', float('nan')):.2f}, {dl.get('n_images')} crops){drift}")
+    return (f"with an in-distribution replacement (blocks of the same image from elsewhere), no map removes evidence "
+            f"faster than random order ({dl.get('n_images')} crops){drift}: the maps are not shown to be faithful")
 
 
 # Figures of the explainability section, in order, with captions; the final (Task 3) model's versions.
