@@ -359,3 +359,31 @@ def test_same_rule_section_compares_both_tasks_under_each_rule():
         section = br.same_rule_section(missing)
         assert section["tables"] == {} and set(section["values"]) == set(br.SAME_RULE_VALUES)
         assert set(section["values"].values()) == {br.NOT_RUN}
+
+
+def test_report_plots_have_readable_text(proxy_inputs, tmp_path, monkeypatch):
+    """The report's own plots are drawn at their printed width with no text under 7 pt."""
+    import matplotlib.text
+
+    from builder import plots
+
+    inputs = read(proxy_inputs)
+    drawn = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda fig, *a, **k: drawn.append(fig))
+    assert plots.plot_exploration(inputs.exploration, tmp_path / "a.png")
+    assert plots.plot_robustness_curves(inputs.robustness, tmp_path / "b.png")
+    for fig in drawn:
+        fig.canvas.draw()
+        assert fig.get_size_inches()[0] <= plots.PAGE_INCHES + 1e-6
+        small = [t.get_text() for t in fig.findobj(matplotlib.text.Text)
+                 if t.get_visible() and t.get_text().strip() and t.get_fontsize() < plots.MIN_FONT]
+        assert not small, small
+
+
+def test_in_distribution_deletion_verdict_follows_the_summary():
+    entry = {"best_method": "gradcam", "best_beats_random": True, "best_auc_gain_over_random": 0.3, "n_images": 12,
+             "mean_logit_original": 1.0, "mean_logit_fully_blurred": 0.5}
+    assert "still removes evidence faster than random" in explain_synthesis.resampled_sentence(entry)
+    entry["best_beats_random"] = False
+    assert "not shown to be faithful" in explain_synthesis.resampled_sentence(entry)
+    assert "not run" in explain_synthesis.resampled_sentence(None)

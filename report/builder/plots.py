@@ -71,7 +71,7 @@ def plot_robustness_curves(robustness, path: Path) -> bool:
         info = robustness.families[family]
         strengths = list(info.get("strengths") or [])
         labels = ["0"] + [f"{s:g}" for s in strengths]
-        for row, (metric, ylabel) in enumerate((("fpr", "FPR (real)"), ("recall_at_fpr_0.2", "recall @ FPR 0.2"))):
+        for row, (metric, ylabel) in enumerate((("fpr", "FPR"), ("recall_at_fpr_0.2", "recall @ FPR 0.2"))):
             ax = axes[row][col]
             for task in ("task02", "task03"):
                 conditions = robustness.per_condition.get(task) or {}
@@ -114,7 +114,8 @@ def plot_exploration(exploration: dict | None, path: Path) -> bool:
     plt = _pyplot()
     classes = list(by_class)
     short = ["real" if c == "real" else c.replace("generator_", "gen ") for c in classes]
-    fig, (ax_fmt, ax_sq) = plt.subplots(1, 2, figsize=(COLUMN_INCHES, 1.75), gridspec_kw={"width_ratios": (3, 2)})
+    fig, (ax_fmt, ax_sq) = plt.subplots(1, 2, figsize=(COLUMN_INCHES, 1.9), gridspec_kw={"width_ratios": (3, 2)},
+                                        layout="constrained")
     bottoms = [0.0] * len(classes)
     formats = sorted({f for c in classes for f in (by_class[c].get("formats") or {})})
     for fmt in formats:
@@ -127,15 +128,13 @@ def plot_exploration(exploration: dict | None, path: Path) -> bool:
         bottoms = [b + s for b, s in zip(bottoms, shares)]
     ax_fmt.set_ylabel("file format")
     ax_fmt.set_ylim(0, 1)
-    ax_fmt.legend(loc="upper center", bbox_to_anchor=(0.5, 1.3), ncol=3, frameon=False, fontsize=7,
-                  handlelength=1, columnspacing=0.8)
+    fig.legend(loc="outside upper center", ncol=3, frameon=False, fontsize=7, handlelength=1, columnspacing=0.8)
     ax_sq.bar(short, [by_class[c].get("square_share") or 0 for c in classes], color="#8172b2", width=0.75)
     ax_sq.set_ylim(0, 1)
     ax_sq.set_ylabel("square share")
     for ax in (ax_fmt, ax_sq):
         ax.tick_params(axis="x", labelrotation=60, pad=1)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout(pad=0.3, w_pad=0.6)
     fig.savefig(path)
     plt.close(fig)
     return True
