@@ -17,7 +17,8 @@ rewritten after each, so whatever finished is kept when time runs out:
 4. shortcut audit: PNG / JPEG re-encoding, resizing, aspect crops and borders of the originals;
 5. input-channel ablation: the network without its residual or its colour channels;
 6. Integrated Gradients and occlusion on a sample, and the deletion test of every map;
-7. frequency audit: low- and high-pass filtered crops, and the mean spectra.
+7. frequency audit: low- and high-pass filtered crops, and the mean spectra;
+8. grouped permutation importance: AUC lost when a classical feature group or the network's score is shuffled.
 """
 from __future__ import annotations
 
@@ -449,6 +450,34 @@ def analyse_frequency(run: Run) -> None:
     run.figure("frequency_filtering", figures.frequency_curves(run.out / "frequency_filtering.png", summaries))
 
 
+# --- 8. grouped permutation importance ------------------------------------------------
+
+
+def analyse_feature_groups(run: Run) -> None:
+    """AUC lost by each task's whole detector when a classical feature group or the network's score is shuffled.
+
+    The classical part is scored on each image's centre crop (the deployed detector averages its corner
+    crops; the centre keeps the permutation to one feature row per image).
+    """
+    from aidetect.features import FEATURE_GROUPS, FEATURE_NAMES, batch_features
+
+    positions = audit_positions(run)
+    crops = np.asarray(run.data.crops[positions])
+    features = batch_features(crops)
+    columns = {name: [FEATURE_NAMES.index(f) for f in group] for name, group in FEATURE_GROUPS.items()}
+    labels = run.labels[positions]
+    for task, model in run.models.items():
+        if model.classical is None or not run.keep_going():
+            continue
+        network = run.explained[task][positions] if model.kind == "fusion" else None
+        combine = model.detector.scorer.combine if model.kind == "fusion" else (lambda net, cls: cls)
+        result = audit.grouped_permutation_importance(
+            model.classical.score_features, combine, features, network, labels, columns,
+            np.random.default_rng([run.args.seed, 79]))
+        run.task_summary(task)["feature_groups"] = result | {
+            "classical_scored_on": "the centre crop of each image", "metric": "ROC AUC of the whole detector"}
+
+
 ANALYSES = (
     ("scores", analyse_scores),
     ("image_statistics", analyse_image_statistics),
@@ -457,6 +486,7 @@ ANALYSES = (
     ("channel_ablation", analyse_channels),
     ("attributions", analyse_attributions),
     ("frequency", analyse_frequency),
+    ("feature_groups", analyse_feature_groups),
 )
 
 

@@ -387,3 +387,11 @@ def test_in_distribution_deletion_verdict_follows_the_summary():
     entry["best_beats_random"] = False
     assert "not shown to be faithful" in explain_synthesis.resampled_sentence(entry)
     assert "not run" in explain_synthesis.resampled_sentence(None)
+
+
+def test_feature_group_sentence_names_the_group_that_matters():
+    result = {"groups": {"spectrum": {"auc_drop_mean": 0.01}, "noise": {"auc_drop_mean": 0.12}},
+              "network": {"auc_drop_mean": 0.05}}
+    sentence = explain_synthesis.feature_groups_sentence(result)
+    assert sentence.endswith("leans most on its noise features") and "+0.050" in sentence
+    assert "not run" in explain_synthesis.feature_groups_sentence(None)

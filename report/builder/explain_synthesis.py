@@ -22,7 +22,8 @@ def _r(x) -> str:
 def explain_values(summary: dict | None, task: str = FINAL_TASK) -> dict:
     t = dig(summary, "tasks", task)
     keys = ("ex.model", "ex.ablation", "ex.frequency", "ex.png", "ex.jpeg", "ex.resize", "ex.attention",
-            "ex.errors", "ex.texture", "ex.deletion", "ex.baseline", "ex.hardest", "abs.explain", "ex.resampled")
+            "ex.errors", "ex.texture", "ex.deletion", "ex.baseline", "ex.hardest", "abs.explain", "ex.resampled",
+            "ex.groups")
     if not isinstance(t, dict):
         return {key: NOT_RUN for key in keys}
     v = {}
@@ -140,7 +141,22 @@ def explain_values(summary: dict | None, task: str = FINAL_TASK) -> dict:
     else:
         v["ex.baseline"] = v["ex.deletion"] = NOT_RUN
     v["ex.resampled"] = resampled_sentence(dig(t, "attributions", "deletion_resampled"))
+    v["ex.groups"] = feature_groups_sentence(t.get("feature_groups"))
     return v
+
+
+def feature_groups_sentence(result: dict | None) -> str:
+    """Which inputs the whole detector leans on: AUC lost per shuffled feature group and for the network."""
+    if not isinstance(result, dict) or not result.get("groups"):
+        return (f"the grouped permutation importance of the classical features and the network's score is {NOT_RUN} "
+                "on this run")
+    ranked = sorted(result["groups"].items(), key=lambda kv: -kv[1]["auc_drop_mean"])
+    parts = ", ".join(f"{name} {drop['auc_drop_mean']:+.3f}" for name, drop in ranked)
+    network = result.get("network")
+    net = (f"; shuffling the network's score costs {network['auc_drop_mean']:+.3f}" if network else "")
+    top = ranked[0][0]
+    return (f"shuffling one classical feature group across images costs the detector this much ROC AUC: {parts}"
+            f"{net}; the classical part leans most on its {top} features")
 
 
 def resampled_sentence(dl: dict | None) -> str:
