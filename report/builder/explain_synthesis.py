@@ -23,7 +23,7 @@ def explain_values(summary: dict | None, task: str = FINAL_TASK) -> dict:
     t = dig(summary, "tasks", task)
     keys = ("ex.model", "ex.ablation", "ex.frequency", "ex.png", "ex.jpeg", "ex.resize", "ex.attention",
             "ex.errors", "ex.texture", "ex.deletion", "ex.baseline", "ex.hardest", "abs.explain", "ex.resampled",
-            "ex.groups")
+            "ex.groups", "limits.explain")
     if not isinstance(t, dict):
         return {key: NOT_RUN for key in keys}
     v = {}
@@ -117,7 +117,7 @@ def explain_values(summary: dict | None, task: str = FINAL_TASK) -> dict:
     texture = dig(t, "image_statistics", "by_class", "real", "texture") or {}
     rho = texture.get("spearman_with_score")
     v["ex.texture"] = (f"on real photos the score {'falls' if rho < 0 else 'rises'} with texture (Spearman {rho:+.2f}): "
-                       f"{'smooth photos look generated to it, as smooth surfaces and strong compression flatten the residual it reads' if rho < 0 else 'textured photos look generated to it'}"
+                       f"{'smooth photos look generated to it, plausibly because smooth surfaces and strong compression flatten the residual it reads' if rho < 0 else 'textured photos look generated to it'}"
                        if is_number(rho) and abs(rho) > 0.3 else
                        (f"texture and score are barely related on real photos (Spearman {rho:+.2f})"
                         if is_number(rho) else NOT_RUN))
@@ -142,7 +142,25 @@ def explain_values(summary: dict | None, task: str = FINAL_TASK) -> dict:
         v["ex.baseline"] = v["ex.deletion"] = NOT_RUN
     v["ex.resampled"] = resampled_sentence(dig(t, "attributions", "deletion_resampled"))
     v["ex.groups"] = feature_groups_sentence(t.get("feature_groups"))
+    v["limits.explain"] = limits_sentence(t)
     return v
+
+
+def limits_sentence(t: dict) -> str:
+    """What the explanations leave open, from what the run measured."""
+    covered = ("The gradient maps explain the network part only; the classical part is explained by perturbations "
+               "and the feature-group importance alone" if t.get("feature_groups") else
+               "The explanations cover the network part only")
+    blur = dig(t, "attributions", "deletion") or {}
+    resampled = dig(t, "attributions", "deletion_resampled")
+    if isinstance(resampled, dict) and "best_method" in resampled:
+        baseline = ", and the maps are checked against an in-distribution deletion baseline on one sample"
+    elif is_number(blur.get("mean_logit_fully_blurred")) and is_number(blur.get("mean_logit_original")) \
+            and blur["mean_logit_fully_blurred"] > blur["mean_logit_original"] + TIE:
+        baseline = ", and the deletion test's only baseline (blur) is out of distribution"
+    else:
+        baseline = ""
+    return covered + baseline
 
 
 def feature_groups_sentence(result: dict | None) -> str:

@@ -183,11 +183,14 @@ def task3_values(inputs: Inputs) -> dict:
         values["robust.runs"] = str(robust.n_runs)
         values["robust.seeds"] = ", ".join(str(s) for s in robust.seeds) or NOT_RUN
         values["robust.lofo"] = ", ".join(robust.lofo) or "none"
+        values["limits.heldout"] = (f"as {len(over)} of {len(families)} held-out families show"
+                                    if over else f"although none of the {len(families)} held-out families did here")
         values["robust.families"] = str(len(robust.families))
         values["robust.unseen"] = str(sum(f.get("trained_as") is None for f in robust.families.values()))
     else:
         for key in ("eqfpr.val", "eqfpr.aug", "robust.n_heldout", "robust.n_below", "robust.over", "robust.t2_over",
-                    "robust.runs", "robust.seeds", "robust.lofo", "robust.families", "robust.unseen"):
+                    "robust.runs", "robust.seeds", "robust.lofo", "robust.families", "robust.unseen",
+                    "limits.heldout"):
             values[key] = NOT_RUN
     return values
 
