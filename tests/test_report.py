@@ -159,6 +159,16 @@ def test_judgement_sentences_follow_the_numbers(proxy_inputs):
     assert "keeps" not in changed["cmp.aug.t3cap"]
 
 
+def test_recall_cost_is_only_claimed_when_task3_recall_is_lower(proxy_inputs):
+    m2 = load(proxy_inputs["artifacts"] / "task02" / "metrics.json")
+    m3 = load(proxy_inputs["artifacts"] / "task03" / "metrics.json")
+    lower = m3["splits"]["validation_augmented"]["recall_ai"] < m2["splits"]["validation_augmented"]["recall_ai"]
+    assert verdicts(proxy_inputs)["abs.cost"].endswith("costs recall") == lower
+    m3["splits"]["validation_augmented"]["recall_ai"] = 0.99
+    save(proxy_inputs["artifacts"] / "task03" / "metrics.json", m3)
+    assert not verdicts(proxy_inputs)["abs.cost"].endswith("costs recall")
+
+
 def test_equal_rule_verdict_flips_when_task2_wins(proxy_inputs):
     path = results.newest(proxy_inputs["bench"], "same-calibration-proxy")
     assert "Task 3 beats Task 2" in verdicts(proxy_inputs)["abs.equal"]

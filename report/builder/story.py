@@ -34,6 +34,9 @@ def abstract_values(inputs: Inputs, all_aims: list[Aim]) -> dict:
         "abs.t3_val": f"and {cap_phrase(t3_val, MAX_FPR)} on validation at a recall of "
                       f"{_r(_split(inputs, 'task03', 'validation', 'recall_ai'))}",
         "abs.tally": f"{count['met']} of {count['total']} targets are met",
+        "abs.cost": ("its threshold must also hold on processed calibration images, which costs recall"
+                     if is_number(r2_aug) and is_number(r3_aug) and r3_aug < r2_aug else
+                     "its threshold must also hold on processed calibration images"),
     }
     same = inputs.same
     if same:
