@@ -527,6 +527,15 @@ def describe_model(model: TaskModel) -> dict:
             "best_epoch": (model.detector.info.get("fit") or {}).get("best_epoch")}
 
 
+def shown_path(path: Path) -> str:
+    """A folder as the summary records it: relative to the repository, else its last three parts (no host paths)."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(REPO).as_posix()
+    except ValueError:
+        return Path(*resolved.parts[-3:]).as_posix()
+
+
 class InputError(RuntimeError):
     """The run or data folder lacks what the explanations read; nothing has been written."""
 
@@ -591,7 +600,7 @@ def _explain(args, deadline: Deadline, threads: int, out: Path, task_list: list[
     with pointing_at(args.artifacts, args.data):
         data = load_validation(args.split)
         summary = {
-            "config": {"artifacts": str(args.artifacts), "data": str(args.data), "split": args.split,
+            "config": {"artifacts": shown_path(args.artifacts), "data": shown_path(args.data), "split": args.split,
                        "tasks": args.tasks, "max_images": args.max_images,
                        "max_occlusion_images": args.max_occlusion_images, "max_audit_images": args.max_audit_images,
                        "seed": args.seed, "timeout_seconds": args.timeout_seconds, "threads": threads},
