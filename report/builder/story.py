@@ -167,6 +167,11 @@ def task3_values(inputs: Inputs) -> dict:
         values[f"same.{key}"] = (f"Task 3 {better_word(a['recall_ai'], b['recall_ai'])} Task 2 "
                                  f"({_r(a['recall_ai'])} vs {_r(b['recall_ai'])}, FPR {_r(a['fpr'])} vs {_r(b['fpr'])})"
                                  if a and b else NOT_RUN)
+    proxy = inputs.proxy
+    for task, key in (("task02", "t2"), ("task03", "t3")):
+        before = dig(proxy.holdout if proxy else None, task, "recall_ai")
+        after = dig(proxy.flipped if proxy else None, task, "recall_ai")
+        values[f"flip.{key}"] = change_phrase("recall", before, after)
     robust = inputs.robustness
     if robust:
         for split, key in (("validation", "val"), ("validation_augmented", "aug")):
