@@ -37,8 +37,8 @@ def aims(inputs: Inputs) -> list[Aim]:
     metrics_file = "artifacts/task0X/metrics.json"
     for task, name in (("task02", "Task 2"), ("task03", "Task 3")):
         for split, label in (("validation", "validation"), ("validation_augmented", "validation_augmented")):
-            whose = "course" if (task, split) in (("task02", "validation"), ("task03", "validation_augmented")) \
-                else "ours"
+            # The course caps the FPR of both tasks; Task 2 on the augmented split is our own aim.
+            whose = "ours" if (task, split) == ("task02", "validation_augmented") else "course"
             fpr = _split(inputs, task, split, "fpr")
             out.append(Aim(f"{task}.{split}.fpr", f"{name}: FPR on {label}", whose, f"<= {MAX_FPR:.2f}", fpr,
                            fmt_rate(fpr), metrics_file.replace("X", task[-1])))
