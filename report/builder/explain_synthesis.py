@@ -166,8 +166,7 @@ def limits_sentence(t: dict) -> str:
 def feature_groups_sentence(result: dict | None) -> str:
     """Which inputs the whole detector leans on: AUC lost per shuffled feature group and for the network."""
     if not isinstance(result, dict) or not result.get("groups"):
-        return (f"the grouped permutation importance of the classical features and the network's score is {NOT_RUN} "
-                "on this run")
+        return f"{NOT_RUN} in these explanations"
     ranked = sorted(result["groups"].items(), key=lambda kv: -kv[1]["auc_drop_mean"])
     parts = ", ".join(f"{name} {drop['auc_drop_mean']:+.3f}" for name, drop in ranked)
     network = result.get("network")
