@@ -23,7 +23,7 @@ def explain_values(summary: dict | None, task: str = FINAL_TASK) -> dict:
     t = dig(summary, "tasks", task)
     keys = ("ex.model", "ex.ablation", "ex.frequency", "ex.png", "ex.jpeg", "ex.resize", "ex.attention",
             "ex.errors", "ex.texture", "ex.deletion", "ex.baseline", "ex.hardest", "abs.explain", "ex.resampled",
-            "ex.groups", "limits.explain")
+            "ex.groups", "limits.explain", "concl.next")
     if not isinstance(t, dict):
         return {key: NOT_RUN for key in keys}
     v = {}
@@ -142,7 +142,21 @@ def explain_values(summary: dict | None, task: str = FINAL_TASK) -> dict:
         v["ex.baseline"] = v["ex.deletion"] = NOT_RUN
     v["ex.resampled"] = resampled_sentence(dig(t, "attributions", "deletion_resampled"))
     v["ex.groups"] = feature_groups_sentence(t.get("feature_groups"))
+    groups = dig(t, "feature_groups", "groups") or {}
+    if groups and v["abs.explain"] != NOT_RUN:
+        top, drop = max(groups.items(), key=lambda kv: kv[1]["auc_drop_mean"])
+        v["abs.explain"] += (f"; shuffling the classical model's {top} features costs the detector the most ROC AUC "
+                             f"({drop['auc_drop_mean']:.3f})")
     v["limits.explain"] = limits_sentence(t)
+    cues = []
+    if is_number(before) and is_number(after) and after < before - TIE:
+        cues.append("compression")
+    if groups:
+        top = max(groups, key=lambda name: groups[name]["auc_drop_mean"])
+        if top == "colour":  # colour is content, not a generator trace
+            cues.append("colour")
+    v["concl.next"] = ("The next steps are calibration sets that cover more processing"
+                       + (f" and a classical model that leans less on {' and '.join(cues)}." if cues else "."))
     return v
 
 
@@ -195,8 +209,8 @@ def resampled_sentence(dl: dict | None) -> str:
 
 # Figures of the explainability section, in order, with captions; the final (Task 3) model's versions.
 EXPLAIN_FIGURES = (
-    ("task03_errors", "explain_errors", "False positives and false negatives of Task 3 on validation (left: crop; "
-                                        "right: signed Grad-CAM of the network part)."),
+    ("task03_errors", "explain_errors", "The most confident false positives and false negatives of Task 3 on "
+                                        "validation, each crop above the signed Grad-CAM map of the network part."),
     ("task03_gradcam_mean", "explain_attention", "Mean Grad-CAM evidence of Task 3's network on real and on generated "
                                                  "validation crops."),
     ("shortcut_audit", "explain_shortcuts", "Shortcut audit: change of the flagged share when the validation "
