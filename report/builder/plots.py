@@ -23,37 +23,6 @@ def _pyplot():
     return plt
 
 
-def plot_training_curves(metrics: dict, path: Path) -> bool:
-    """Loss and holdout score per epoch of both tasks, from ``fit.history``."""
-    histories = {task: dig(m, "fit", "history") for task, m in metrics.items() if m}
-    histories = {t: h for t, h in histories.items() if isinstance(h, list) and h}
-    if not histories:
-        return False
-    plt = _pyplot()
-    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(3.4, 1.65))
-    colours = {"task02": "tab:blue", "task03": "tab:orange"}
-    for task, history in histories.items():
-        epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-        loss = [h.get("loss") if is_number(h.get("loss")) else float("nan") for h in history]
-        score = [h.get("holdout_score") if is_number(h.get("holdout_score")) else float("nan") for h in history]
-        label = TASK_LABEL[task]
-        ax_loss.plot(epochs, loss, marker=".", ms=3, lw=1, color=colours[task], label=label)
-        ax_score.plot(epochs, score, marker=".", ms=3, lw=1, color=colours[task], label=label)
-        best = dig(metrics[task], "fit", "best_epoch")
-        if is_number(best) and 1 <= best <= len(history):
-            ax_score.plot([best], [score[int(best) - 1]], marker="*", ms=7, color=colours[task], ls="none")
-    ax_loss.set(xlabel="epoch", ylabel="training loss")
-    ax_score.set(xlabel="epoch", ylabel="holdout score")
-    ax_score.legend(loc="lower right", frameon=False)
-    for ax in (ax_loss, ax_score):
-        ax.grid(alpha=0.3)
-    fig.tight_layout(pad=0.3)
-    fig.savefig(path)
-    plt.close(fig)
-    return True
-
-
-
 # Families shown in the robustness figure: trained ones and ones no training step applies.
 ROBUSTNESS_FAMILIES = ("jpeg", "webp", "downscale", "gaussian_blur", "median", "sharpen", "shot_noise", "chain")
 

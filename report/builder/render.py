@@ -105,8 +105,6 @@ def collect(inputs: Inputs, build: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     figures["exploration"] = "fig/exploration.png" if plots.plot_exploration(
         inputs.exploration, folder / "exploration.png") else None
-    figures["training_curves"] = "fig/training_curves.png" if plots.plot_training_curves(
-        {t: inputs.metrics.get(t) for t in inputs.metrics}, folder / "training_curves.png") else None
     figures["robustness_curves"] = "fig/robustness_curves.png" if plots.plot_robustness_curves(
         inputs.robustness, folder / "robustness_curves.png") else None
     for path, name, caption in explain_synthesis.explain_figure_sources(inputs.explain, inputs.summary):
@@ -136,7 +134,7 @@ def input_list(inputs: Inputs) -> list[dict]:
 
 
 # Figures left out, in this order, when the report does not fit in MAX_PAGES pages.
-OPTIONAL_FIGURES = ("training_curves", "explain_frequency", "explain_shortcuts")
+OPTIONAL_FIGURES = ("explain_frequency", "explain_shortcuts")
 
 
 def page_count(pdf: Path) -> int:
