@@ -111,7 +111,7 @@ report: $(STAMP)
 	$(PY) report/build_report.py --artifacts $(PROXY_RUN) --explain explainability/output --out report/report.pdf
 
 submission: $(STAMP)
-	$(PY) tools/make_submission.py --id $(ID)
+	$(PY) tools/make_submission.py $(if $(ID),--id $(ID),)
 
 lint: $(STAMP)
 	$(VENV)/bin/hadolint --failure-threshold warning solution/Dockerfile

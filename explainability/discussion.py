@@ -290,6 +290,17 @@ def _faithfulness(summary) -> str:
                   "survives the blur, i.e. lies in colour and layout rather than in fine traces.")
                if d.get("mean_logit_fully_blurred") is not None else "")
             + weak_note(t))
+        r = a.get("deletion_resampled")
+        if r and r.get("best_method"):
+            lines.append(
+                f"  With an in-distribution replacement ({r['replacement']}; {r['n_images']} images): "
+                + ", ".join(f"{METHOD_NAMES[m]} {num(v)}" for m, v in r["auc"].items())
+                + f", random {num(r['auc_random'])}; "
+                + (f"{METHOD_NAMES[r['best_method']]} still beats random order"
+                   + (" for every seed" if r.get("best_beats_every_random_seed") else " on average")
+                   if r.get("best_beats_random") else "no map beats random order under it")
+                + f". The fully replaced crop moves the mean logit from {num(r['mean_logit_original'])} to "
+                  f"{num(r['mean_logit_fully_blurred'])}.")
         if a.get("skipped_gradient_methods"):
             lines.append(f"  {a['skipped_gradient_methods']}.")
         o = a.get("deletion_occlusion_subset")

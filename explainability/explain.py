@@ -17,12 +17,15 @@ rewritten after each, so whatever finished is kept when time runs out:
 4. shortcut audit: PNG / JPEG re-encoding, resizing, aspect crops and borders of the originals;
 5. input-channel ablation: the network without its residual or its colour channels;
 6. Integrated Gradients and occlusion on a sample, and the deletion test of every map;
-7. frequency audit: low- and high-pass filtered crops, and the mean spectra.
+7. frequency audit: low- and high-pass filtered crops, and the mean spectra;
+8. grouped permutation importance: AUC lost when a classical feature group or the network's score is shuffled.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -403,6 +406,19 @@ def _deletion_test(run, model, sample, crops, baselines, maps, n_done, rng) -> d
     out = {"deletion": attributions.summarise_deletion(curves, attributions.DELETION_FRACTIONS, detected[chosen][:done])
            | {"methods": methods, "block_px": attributions.BLOCK,
               "replacement": f"Gaussian blur of the image, sigma {attributions.BLUR_SIGMA} px"}}
+    # The same orders with an in-distribution replacement: blocks of the same image from elsewhere.
+    if run.keep_going():
+        replacement = attributions.resampled(crops[chosen[:done]], np.random.default_rng([run.args.seed, 78]))
+        in_distribution = attributions.deletion_curves(model, crops[chosen[:done]], replacement,
+                                                       {name: rows[:done] for name, rows in orders.items()},
+                                                       keep_going=run.keep_going)
+        k = len(next(iter(in_distribution.values())))
+        if k:
+            out["deletion_resampled"] = attributions.summarise_deletion(
+                in_distribution, attributions.DELETION_FRACTIONS, detected[chosen][:k]) | {
+                "methods": methods, "block_px": attributions.BLOCK,
+                "replacement": "a block of the same image from elsewhere on the 8-px grid, moved to the removed "
+                               "block's mean colour"}
     subset = [j for j, i in enumerate(chosen[:done]) if i < n_done["occlusion"]]
     if "occlusion" not in methods and subset and run.keep_going():
         occlusion_orders = {"occlusion": attributions.removal_orders(maps["occlusion"][chosen[subset]], rng)}
@@ -435,6 +451,34 @@ def analyse_frequency(run: Run) -> None:
     run.figure("frequency_filtering", figures.frequency_curves(run.out / "frequency_filtering.png", summaries))
 
 
+# --- 8. grouped permutation importance ------------------------------------------------
+
+
+def analyse_feature_groups(run: Run) -> None:
+    """AUC lost by each task's whole detector when a classical feature group or the network's score is shuffled.
+
+    The classical part is scored on each image's centre crop (the deployed detector averages its corner
+    crops; the centre keeps the permutation to one feature row per image).
+    """
+    from aidetect.features import FEATURE_GROUPS, FEATURE_NAMES, batch_features
+
+    positions = audit_positions(run)
+    crops = np.asarray(run.data.crops[positions])
+    features = batch_features(crops)
+    columns = {name: [FEATURE_NAMES.index(f) for f in group] for name, group in FEATURE_GROUPS.items()}
+    labels = run.labels[positions]
+    for task, model in run.models.items():
+        if model.classical is None or not run.keep_going():
+            continue
+        network = run.explained[task][positions] if model.kind == "fusion" else None
+        combine = model.detector.scorer.combine if model.kind == "fusion" else (lambda net, cls: cls)
+        result = audit.grouped_permutation_importance(
+            model.classical.score_features, combine, features, network, labels, columns,
+            np.random.default_rng([run.args.seed, 79]))
+        run.task_summary(task)["feature_groups"] = result | {
+            "classical_scored_on": "the centre crop of each image", "metric": "ROC AUC of the whole detector"}
+
+
 ANALYSES = (
     ("scores", analyse_scores),
     ("image_statistics", analyse_image_statistics),
@@ -443,6 +487,7 @@ ANALYSES = (
     ("channel_ablation", analyse_channels),
     ("attributions", analyse_attributions),
     ("frequency", analyse_frequency),
+    ("feature_groups", analyse_feature_groups),
 )
 
 
@@ -483,27 +528,67 @@ def describe_model(model: TaskModel) -> dict:
             "best_epoch": (model.detector.info.get("fit") or {}).get("best_epoch")}
 
 
-SHARED_FIGURES = ("per_source_recall", "shortcut_audit", "channel_ablation", "deletion_curves", "frequency_filtering",
-                  "spectra")
-TASK_FIGURES = ("attributions", "errors", "gradcam_mean", "image_statistics", "shortcut_by_source")
+class InputError(RuntimeError):
+    """The run or data folder lacks what the explanations read; nothing has been written."""
 
 
-def clear_previous_outputs(out: Path) -> None:
-    """Remove this command's files from an earlier run, so a run cut short leaves no stale figure behind."""
-    names = [f"{n}.png" for n in SHARED_FIGURES] + [f"{t}_{n}.png" for t in TASKS for n in TASK_FIGURES]
-    for name in names + ["summary.json", "discussion.md"]:
-        (out / name).unlink(missing_ok=True)
+def check_inputs(artifacts: Path, data: Path, split: str, tasks: list[str]) -> list[str]:
+    """What is missing for an explanation run (empty when it can start), checked before anything is written."""
+    problems = []
+    if not Path(artifacts).is_dir():
+        return [f"artifacts folder {artifacts} does not exist (run the six stages or `make bench` first)"]
+    if not (Path(artifacts) / "prepared" / split).is_dir():
+        problems.append(f"{Path(artifacts) / 'prepared' / split} is missing (prepare.py has not run)")
+    detectors = [task for task in tasks if (Path(artifacts) / task / "detector.json").is_file()]
+    if not detectors:
+        problems.append(f"no detector.json for {', '.join(tasks)} in {artifacts} (train.py has not run)")
+    if not (Path(data) / split).is_dir():
+        problems.append(f"data folder {Path(data) / split} does not exist (the originals are read for the "
+                        f"shortcut audit; pass --data)")
+    return problems
+
+
+def build_folder(out: Path) -> Path:
+    """Where a run writes before its outputs replace ``out``: a hidden sibling, cleared first."""
+    return out.parent / f".{out.name}.build"
+
+
+def replace_outputs(build: Path, out: Path) -> None:
+    """Swap the finished build folder in for ``out`` (the previous outputs are removed only now)."""
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(build, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run every analysis that fits in the time budget; return the summary (also written to ``--out``)."""
     args = get_args_parser().parse_args(argv)
+    task_list = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    problems = check_inputs(args.artifacts, args.data, args.split, task_list)
+    if problems:
+        raise InputError("cannot explain: " + "; ".join(problems) + f". Nothing was written to {args.out}.")
     deadline = Deadline(args.timeout_seconds, start=time.monotonic())
     threads = configure_threads()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    clear_previous_outputs(out)
+    final_out = Path(args.out)
+    out = build_folder(final_out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     started = time.monotonic()
+    try:
+        summary = _explain(args, deadline, threads, out, task_list, started)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    replace_outputs(out, final_out)
+    log.info("explanations written to %s in %.0fs", final_out, time.monotonic() - started)
+    return summary
+
+
+def _explain(args, deadline: Deadline, threads: int, out: Path, task_list: list[str], started: float) -> dict:
+    """Every analysis that fits in the budget, written into ``out``; returns the summary."""
     with pointing_at(args.artifacts, args.data):
         data = load_validation(args.split)
         summary = {
@@ -517,7 +602,7 @@ def main(argv: list[str] | None = None) -> dict:
             "tasks": {}, "figures": {}, "timing_seconds": {}, "skipped": {},
         }
         models = {}
-        for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        for task in task_list:
             try:
                 models[task] = load_task_model(task)
             except PipelineError as exc:
@@ -543,10 +628,13 @@ def main(argv: list[str] | None = None) -> dict:
         summary["timing_seconds"]["total"] = round(time.monotonic() - started, 1)
         write_json(out / "summary.json", summary)
         write_discussion(out / "discussion.md", summary)
-    log.info("explanations written to %s in %.0fs", out, time.monotonic() - started)
     return summary
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    main()
+    try:
+        main()
+    except (InputError, PipelineError) as exc:
+        print(f"explain: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,7 +1,10 @@
-"""The figures: one function per figure, each saved as a PNG under 300 KB.
+"""The figures: one function per figure, each under 300 KB, drawn at the size it is printed.
 
-Heat maps are drawn over a grey copy of the crop with their own colour bar;
-every figure says in its title what its numbers are.
+Figures are laid out for an A4 page (6.85 in across both columns) with no text under 7 pt, and
+saved at print resolution: plots as PNG, figures of photographs as high-quality JPEG when their
+PNG would exceed the size limit (a colour palette would band the photos and the colour bars).
+Heat maps are drawn over a grey copy of the crop with their own colour bar; every figure says in
+its title what its numbers are.
 """
 from __future__ import annotations
 
@@ -21,39 +24,66 @@ from aidetect.labels import SOURCE_NAMES  # noqa: E402
 from aidetect.metrics import clopper_pearson  # noqa: E402
 
 MAX_BYTES = 290_000
-DPI = 100
+DPI = 220  # print resolution of a figure drawn at its printed size
+PAGE_INCHES = 6.85  # both columns of the report's A4 page
+MIN_FONT = 7.0
+plt.rcParams.update({"font.size": 7.5, "axes.titlesize": 8, "axes.labelsize": 7.5, "legend.fontsize": 7,
+                     "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 8.5})
 TASK_COLOURS = {"task02": "tab:blue", "task03": "tab:orange"}
 METHOD_COLOURS = {"gradcam": "tab:red", "integrated_gradients": "tab:purple", "occlusion": "tab:green"}
 METHOD_NAMES = {"gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion"}
 TASK_NAMES = {"task02": "Task 2 (plain)", "task03": "Task 3 (robust)"}
 
 
-def _png(fig, dpi: int, palette: bool) -> bytes:
+def _png(fig, dpi: int) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    if not palette:
-        return buffer.getvalue()
-    image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-    quantised = io.BytesIO()
-    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(quantised, format="PNG", optimize=True)
-    return quantised.getvalue()
+    return buffer.getvalue()
+
+
+def _jpeg(fig, dpi: int, quality: int) -> bytes:
+    image = Image.open(io.BytesIO(_png(fig, dpi))).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality, subsampling=0, optimize=True)
+    return buffer.getvalue()
 
 
 def save(fig, path: Path) -> Path:
-    """Write ``fig`` as PNG under ``MAX_BYTES``: full colour at a falling resolution first (colour bars stay
-    smooth), then with a 256-colour palette."""
+    """Write ``fig`` under ``MAX_BYTES``: PNG at print resolution when it fits, else a high-quality JPEG
+    (full colour; the file then ends in ``.jpg``). Returns the path written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    attempts = [(DPI, False), (90, False), (80, False), (DPI, True), (80, True), (65, True), (50, True)]
-    for dpi, palette in attempts:
-        data = _png(fig, dpi, palette)
-        if len(data) <= MAX_BYTES:
-            break
+    data, suffix = _png(fig, DPI), ".png"
+    if len(data) > MAX_BYTES:
+        for dpi, quality in ((DPI, 92), (DPI, 85), (180, 85), (150, 80), (120, 80), (100, 75)):
+            data, suffix = _jpeg(fig, dpi, quality), ".jpg"
+            if len(data) <= MAX_BYTES:
+                break
     plt.close(fig)
-    tmp = path.with_suffix(".tmp.png")
+    target = path.with_suffix(suffix)
+    for stale in {path.with_suffix(".png"), path.with_suffix(".jpg")} - {target}:
+        stale.unlink(missing_ok=True)
+    tmp = target.with_suffix(".tmp" + suffix)
     tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
+    tmp.replace(target)
+    return target
+
+
+def legend_below(ax, ncol: int = 2) -> None:
+    """The legend under the axes, where it cannot cover a bar or a line."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=ncol, frameon=False, fontsize=MIN_FONT)
+
+
+def figure_legend(fig, axes, ncol: int = 3) -> None:
+    """One legend for the whole figure, below its panels (entries of ``axes``, each label once)."""
+    handles, labels = {}, []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    fig.legend([handles[label] for label in labels], labels, loc="outside lower center", ncol=ncol, frameon=False,
+               fontsize=MIN_FONT)
 
 
 def source_name(source: int | str) -> str:
@@ -78,8 +108,8 @@ def _signed_panel(fig, ax, heat: np.ndarray, title: str, unit: str, limit: float
     ax.set_xticks([])
     ax.set_yticks([])
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, format="%.2g")
-    bar.ax.tick_params(labelsize=6)
-    bar.set_label(unit, fontsize=6)
+    bar.ax.tick_params(labelsize=MIN_FONT)
+    bar.set_label(unit, fontsize=MIN_FONT)
     return image
 
 
@@ -107,7 +137,7 @@ def attribution_panels(path: Path, task: str, rows: list[dict], methods: list[st
     ``rows``: {"crop", "title", "maps": {method: signed map}}.
     """
     n_cols = 1 + len(methods)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.45 * n_cols + 0.4, 2.3 * len(rows) + 0.8),
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(PAGE_INCHES, (PAGE_INCHES / n_cols) * len(rows) + 0.4),
                              squeeze=False, constrained_layout=True)
     for r, row in enumerate(rows):
         _crop_panel(axes[r, 0], row["crop"], row["title"])
@@ -116,45 +146,50 @@ def attribution_panels(path: Path, task: str, rows: list[dict], methods: list[st
             _signed_panel(fig, axes[r, c], smoothed(row["maps"][method], sigma),
                           METHOD_NAMES[method] + (" (smoothed)" if sigma else ""), METHOD_UNITS[method])
     fig.suptitle(f"{TASK_NAMES.get(task, task)}: attributions of the {explained} "
-                 "(red: towards generated, blue: towards real)", fontsize=10)
+                 "(red: towards generated, blue: towards real)")
     return save(fig, path)
 
 
 def mean_attention(path: Path, task: str, real_map: np.ndarray, generated_map: np.ndarray, counts: dict,
                    cell_px: int) -> Path:
     """Mean centred Grad-CAM of real vs generated images, and their difference (maps in units per cell)."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.7), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(PAGE_INCHES, 2.5), constrained_layout=True)
     limit = max(_limit(real_map), _limit(generated_map))
     for ax, heat, name in ((axes[0], real_map, "real"), (axes[1], generated_map, "generated")):
         total = heat.sum() / cell_px**2  # each cell's value is spread over its cell_px x cell_px pixels
-        _signed_panel(fig, ax, heat, f"{name} images (n={counts[name]}): cells sum to {total:+.2f}\n"
-                      "= mean logit - threshold", f"logit - threshold per {cell_px}x{cell_px} cell", limit)
+        _signed_panel(fig, ax, heat, f"{name} (n={counts[name]}): sum {total:+.2f}\n(mean logit \u2212 threshold)",
+                      f"logit \u2212 thr. per {cell_px}\u00d7{cell_px} cell", limit)
     # The overall offset (generated images sum higher) would fill the whole panel; remove it to show where
     # the two classes' evidence is placed differently.
     pattern = (generated_map - generated_map.mean()) - (real_map - real_map.mean())
-    _signed_panel(fig, axes[2], pattern, "generated - real, each map's mean removed\n(where the classes differ)",
+    _signed_panel(fig, axes[2], pattern, "generated \u2212 real, means removed\n(where the classes differ)",
                   "difference per cell")
     for ax in axes:
         ax.set_xticks([0, 128, 255])
         ax.set_yticks([0, 128, 255])
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"{TASK_NAMES.get(task, task)}: mean Grad-CAM over the validation crops "
-                 "(red: towards generated, blue: towards real)", fontsize=10)
+    fig.suptitle(f"{TASK_NAMES.get(task, task)}: mean Grad-CAM over the validation crops\n"
+                 "(red: towards generated, blue: towards real)")
     return save(fig, path)
 
 
 def error_gallery(path: Path, task: str, sections: list[dict], threshold: float) -> Path:
-    """Most confident false positives and false negatives, with their Grad-CAM maps when available.
+    """Most confident false positives and false negatives, each crop above its Grad-CAM map when available.
 
-    ``sections``: {"title", "items": [{"crop", "score", "source", "map" or None}]}.
+    ``sections``: {"title", "items": [{"crop", "score", "source", "map" or None}]}. The maps of a
+    section share one colour scale and one colour bar, so the crops stay large at print size.
     """
     n_cols = max(1, max(len(s["items"]) for s in sections))
     has_maps = any(item.get("map") is not None for s in sections for item in s["items"])
     rows_per = 2 if has_maps else 1
+    panel = (PAGE_INCHES - 0.6) / n_cols
     fig, axes = plt.subplots(rows_per * len(sections), n_cols,
-                             figsize=(2.15 * n_cols + 0.4, 2.2 * rows_per * len(sections) + 0.8),
+                             figsize=(PAGE_INCHES, (panel + 0.22) * rows_per * len(sections) + 0.45),
                              squeeze=False, constrained_layout=True)
     for s, section in enumerate(sections):
+        maps = [item["map"] for item in section["items"] if item.get("map") is not None]
+        limit = max((_limit(m) for m in maps), default=1e-12)
+        image = None
         for c in range(n_cols):
             top_ax = axes[rows_per * s, c]
             bottom_ax = axes[rows_per * s + 1, c] if has_maps else None
@@ -166,23 +201,31 @@ def error_gallery(path: Path, task: str, sections: list[dict], threshold: float)
             item = section["items"][c]
             _crop_panel(top_ax, item["crop"], f"{source_name(item['source'])}, score {item['score']:.2f}")
             if c == 0:
-                top_ax.set_ylabel(section["title"], fontsize=8)
+                top_ax.set_ylabel(section["title"], fontsize=MIN_FONT)
             if bottom_ax is not None:
                 if item.get("map") is None:
                     bottom_ax.axis("off")
                 else:
-                    _signed_panel(fig, bottom_ax, item["map"], "Grad-CAM", METHOD_UNITS["gradcam"])
+                    image = bottom_ax.imshow(item["map"], cmap="RdBu_r", vmin=-limit, vmax=limit)
+                    bottom_ax.set_xticks([])
+                    bottom_ax.set_yticks([])
+                    if c == 0:
+                        bottom_ax.set_ylabel("Grad-CAM", fontsize=MIN_FONT)
+        if image is not None:
+            bar = fig.colorbar(image, ax=list(axes[rows_per * s + 1]), fraction=0.02, pad=0.01, format="%.2g")
+            bar.ax.tick_params(labelsize=MIN_FONT)
+            bar.set_label(METHOD_UNITS["gradcam"], fontsize=MIN_FONT)
         if not section["items"]:
             axes[rows_per * s, 0].text(0.5, 0.5, "none", ha="center", va="center")
     fig.suptitle(f"{TASK_NAMES.get(task, task)}: most confident errors at the calibrated threshold "
-                 f"(score > {threshold:.2f} = generated; maps: red towards generated, blue towards real)", fontsize=10)
+                 f"(score > {threshold:.2f} = generated)\nmaps: red towards generated, blue towards real")
     return save(fig, path)
 
 
 def deletion_curves(path: Path, deletions: dict[str, dict]) -> Path:
     """Mean generated logit as blocks are blurred away, attribution order vs random order, per task."""
     tasks = list(deletions)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(7.0, 5.6 * len(tasks)), 4.2), squeeze=False,
+    fig, axes = plt.subplots(1, len(tasks), figsize=(PAGE_INCHES, 3.0), squeeze=False,
                              constrained_layout=True)
     for ax, task in zip(axes[0], tasks):
         summary = deletions[task]
@@ -199,11 +242,11 @@ def deletion_curves(path: Path, deletions: dict[str, dict]) -> Path:
         ax.set_xlabel(f"share of {summary.get('block_px', 8)}x{summary.get('block_px', 8)} blocks replaced by "
                       "their blur (%)")
         ax.set_ylabel(summary.get("y_label", "mean score"))
-        ax.set_title(f"{TASK_NAMES.get(task, task)}: {summary['n_images']} generated images", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{TASK_NAMES.get(task, task)}: {summary['n_images']} generated images", fontsize=8)
+        legend_below(ax, ncol=1)
         ax.grid(alpha=0.3)
     fig.suptitle("Deletion test: blocks blurred most-attributed first;\na faithful map falls faster than random order",
-                 fontsize=10)
+                 )
     return save(fig, path)
 
 
@@ -224,7 +267,7 @@ def channel_ablation(path: Path, results: dict[str, dict]) -> Path:
     """ROC AUC, recall and FPR with groups of the network's input channels zeroed, per task."""
     tasks = list(results)
     names = [n for n in ABLATION_NAMES if any(n in r for r in results.values())]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.0), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_INCHES, 2.9), constrained_layout=True)
     x = np.arange(len(names))
     width = 0.8 / max(1, len(tasks))
     for t, task in enumerate(tasks):
@@ -240,17 +283,17 @@ def channel_ablation(path: Path, results: dict[str, dict]) -> Path:
     axes[0].axhline(0.5, color="grey", ls=":", lw=1)
     axes[0].set_ylim(0, 1.02)
     axes[0].set_ylabel("ROC AUC of the network (threshold-free)")
-    axes[0].set_title("what the network alone can still rank", fontsize=9)
-    axes[1].set_title("decisions of the whole detector at its threshold", fontsize=9)
+    axes[0].set_title("what the network alone can still rank", fontsize=8)
+    axes[1].set_title("decisions of the whole detector at its threshold", fontsize=8)
     axes[1].set_ylim(-0.03, 1.03)
     axes[1].set_ylabel("share at the calibrated threshold")
     for ax in axes:
         ax.set_xticks(x, [ABLATION_NAMES[n] for n in names], fontsize=8)
         ax.set_xlabel("input channels zeroed at the front end")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
+        legend_below(ax)
     fig.suptitle("Traces or colour? The network with groups of its fixed input channels zeroed (validation)",
-                 fontsize=10)
+                 )
     return save(fig, path)
 
 
@@ -258,7 +301,7 @@ def shortcut_overview(path: Path, audits: dict[str, dict]) -> Path:
     """Per variant and task: mean logit shift, and the share labelled generated, for real and generated images."""
     tasks = list(audits)
     variants = list(next(iter(audits.values()))["variants"])
-    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 3.7 * len(tasks)), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(PAGE_INCHES, 2.6 * len(tasks)), squeeze=False, constrained_layout=True)
     x = np.arange(len(variants))
     for row, task in zip(axes, tasks):
         audit = audits[task]["variants"]
@@ -267,7 +310,7 @@ def shortcut_overview(path: Path, audits: dict[str, dict]) -> Path:
             row[0].bar(x + offset, shifts, width=0.4, color=colour, label=f"{name} images")
         row[0].axhline(0, color="black", lw=0.8)
         row[0].set_ylabel("mean score change")
-        row[0].set_title(f"{TASK_NAMES.get(task, task)}: score shift after the change", fontsize=9)
+        row[0].set_title(f"{TASK_NAMES.get(task, task)}: score shift after the change", fontsize=8)
         labels = ["original"] + variants
         for name, colour, what in (("real", "tab:green", "real: false-positive rate"),
                                    ("generated", "tab:red", "generated: recall")):
@@ -279,14 +322,14 @@ def shortcut_overview(path: Path, audits: dict[str, dict]) -> Path:
         row[1].axhline(0.2, color="grey", ls=":", lw=1, label="FPR cap 0.2")
         row[1].set_ylim(-0.03, 1.03)
         row[1].set_ylabel("share labelled generated")
-        row[1].set_title(f"{TASK_NAMES.get(task, task)}: decisions at the calibrated threshold", fontsize=9)
+        row[1].set_title(f"{TASK_NAMES.get(task, task)}: decisions at the calibrated threshold", fontsize=8)
         row[1].set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right", fontsize=8)
         row[0].set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
         for ax in row:
             ax.grid(alpha=0.3, axis="y")
-            ax.legend(fontsize=8)
-    fig.suptitle("Shortcut audit on the validation images: re-encoded, resized, re-cropped or framed originals "
-                 "through the pipeline's own decode and crop", fontsize=10)
+    figure_legend(fig, list(axes[0]), ncol=5)
+    fig.suptitle("Shortcut audit: validation originals re-encoded, resized, re-cropped or framed,\n"
+                 "then decoded and cropped by the pipeline's own code")
     return save(fig, path)
 
 
@@ -298,7 +341,7 @@ def shortcut_by_source(path: Path, task: str, audit: dict) -> Path:
     after = np.array([[audit["variants"][v]["per_source"][s]["share_generated_after"] for v in variants] for s in sources])
     table = np.hstack([before, after])
     change = table - before
-    fig, ax = plt.subplots(figsize=(1.0 * len(variants) + 3.2, 0.55 * len(sources) + 1.8), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(min(PAGE_INCHES, 0.55 * len(variants) + 2.4), 0.3 * len(sources) + 1.6), constrained_layout=True)
     image = ax.imshow(change, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
     for i in range(table.shape[0]):
         for j in range(table.shape[1]):
@@ -308,13 +351,13 @@ def shortcut_by_source(path: Path, task: str, audit: dict) -> Path:
     ax.set_yticks(np.arange(len(sources)), [f"{source_name(s)} (n={n})" for s, n in zip(sources, counts)], fontsize=8)
     fig.colorbar(image, ax=ax, label="change in share labelled generated")
     ax.set_title(f"{TASK_NAMES.get(task, task)}: share labelled generated per source after each change\n"
-                 "(real row = false-positive rate, generator rows = recall)", fontsize=9)
+                 "(real row = false-positive rate, generator rows = recall)", fontsize=8)
     return save(fig, path)
 
 
 def frequency_curves(path: Path, summaries: dict[str, dict]) -> Path:
     """Recall, false-positive rate and ROC AUC after low- and high-pass filtering, per task."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(PAGE_INCHES, 4.8), constrained_layout=True)
     for column, kind in enumerate(("low_pass", "high_pass")):
         for task, summary in summaries.items():
             cutoffs = sorted(summary.get(kind, {}), key=float)
@@ -331,18 +374,18 @@ def frequency_curves(path: Path, summaries: dict[str, dict]) -> Path:
             auc = [summary[kind][c]["roc_auc"] for c in cutoffs]
             axes[1, column].plot(x, auc, marker="o", color=colour, label=f"{name}")
             axes[1, column].axhline(summary["unfiltered"]["roc_auc"], color=colour, lw=0.8, alpha=0.5)
-        label = "kept: |f| <= cut-off" if kind == "low_pass" else "kept: |f| > cut-off (+ mean colour)"
-        axes[0, column].set_title(f"{kind.replace('_', '-')} filtered crops ({label})", fontsize=9)
-        axes[0, column].set_ylabel("share at the calibrated threshold")
+        label = "kept: |f| \u2264 cut-off" if kind == "low_pass" else "kept: |f| > cut-off, + mean colour"
+        axes[0, column].set_title(f"{kind.replace('_', '-')} ({label})", fontsize=8)
+        axes[0, column].set_ylabel("share flagged")
         axes[0, column].set_ylim(-0.03, 1.03)
-        axes[1, column].set_ylabel("ROC AUC (threshold-free)")
+        axes[1, column].set_ylabel("ROC AUC")
         axes[1, column].axhline(0.5, color="grey", ls=":", lw=1)
         axes[1, column].set_ylim(0.0, 1.02)
         for ax in axes[:, column]:
-            ax.set_xlabel("cut-off (fraction of the Nyquist frequency)")
+            ax.set_xlabel("cut-off (share of Nyquist)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.suptitle("Which frequencies carry the evidence (thin lines: unfiltered crops)", fontsize=10)
+    figure_legend(fig, [axes[0, 0]], ncol=2)
+    fig.suptitle("Which frequencies carry the evidence (thin lines: unfiltered crops)")
     return save(fig, path)
 
 
@@ -354,19 +397,19 @@ def _pool2(array: np.ndarray) -> np.ndarray:
 
 def spectra(path: Path, spectra_: dict) -> Path:
     spectra_ = {**spectra_, "real": _pool2(spectra_["real"]), "generated": _pool2(spectra_["generated"])}
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.9), constrained_layout=True,
+    fig, axes = plt.subplots(1, 4, figsize=(PAGE_INCHES, 2.1), constrained_layout=True,
                              gridspec_kw={"width_ratios": [1, 1, 1, 1.25]})
     low = min(float(spectra_["real"].min()), float(spectra_["generated"].min()))
     high = max(float(spectra_["real"].max()), float(spectra_["generated"].max()))
     extent = (-0.5, 0.5, 0.5, -0.5)
     for ax, name in zip(axes[:2], ("real", "generated")):
         image = ax.imshow(spectra_[name], cmap="viridis", vmin=low, vmax=high, extent=extent, interpolation="nearest")
-        ax.set_title(f"mean log10 power, {name} (n={spectra_['counts'][name]})", fontsize=9)
+        ax.set_title(f"mean log10 power, {name} (n={spectra_['counts'][name]})", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
     difference = spectra_["generated"] - spectra_["real"]
     limit = float(np.percentile(np.abs(difference), 99.5)) or 1e-6
     image = axes[2].imshow(difference, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent, interpolation="nearest")
-    axes[2].set_title("generated - real (log10 power)", fontsize=9)
+    axes[2].set_title("generated - real (log10 power)", fontsize=8)
     fig.colorbar(image, ax=axes[2], fraction=0.046, pad=0.02)
     for ax in axes[:3]:
         ax.set_xlabel("horizontal frequency (cycles/pixel)")
@@ -376,10 +419,10 @@ def spectra(path: Path, spectra_: dict) -> Path:
                      color="black" if source == "0" else None, lw=2 if source == "0" else 1)
     axes[3].set_xlabel("radial frequency (fraction of Nyquist)")
     axes[3].set_ylabel("mean log10 power")
-    axes[3].set_title("azimuthal average per source", fontsize=9)
+    axes[3].set_title("azimuthal average per source", fontsize=8)
     axes[3].legend(fontsize=7)
     axes[3].grid(alpha=0.3)
-    fig.suptitle("Spectra of the validation crops (luma, Hann window)", fontsize=10)
+    fig.suptitle("Spectra of the validation crops (luma, Hann window)")
     return save(fig, path)
 
 
@@ -390,7 +433,7 @@ def per_source_rates(path: Path, rates: dict[str, dict]) -> Path:
     """
     tasks = list(rates)
     sources = sorted({s for r in rates.values() for s in r}, key=int)
-    fig, ax = plt.subplots(figsize=(1.3 * len(sources) + 2.5, 3.9), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(min(PAGE_INCHES, 0.7 * len(sources) + 1.6), 2.5), constrained_layout=True)
     width = 0.8 / max(1, len(tasks))
     for t, task in enumerate(tasks):
         hits = [rates[task].get(s, (0, 0)) for s in sources]
@@ -404,8 +447,8 @@ def per_source_rates(path: Path, rates: dict[str, dict]) -> Path:
     ax.axhline(0.2, color="grey", ls=":", lw=1, label="FPR cap 0.2 (real)")
     ax.set_ylabel("share labelled generated")
     ax.set_ylim(0, 1.05)
-    ax.set_title("Validation: false-positive rate (real) and recall per generator, 95 % intervals", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title("Validation: false-positive rate (real) and recall per generator, 95 % intervals", fontsize=8)
+    legend_below(ax)
     ax.grid(alpha=0.3, axis="y")
     return save(fig, path)
 
@@ -415,7 +458,7 @@ def image_statistics(path: Path, task: str, table, scores: np.ndarray, predicted
     labels = (table["source_class"].to_numpy() >= 1).astype(int)
     wrong = predicted != labels
     has_format = "format" in table
-    fig, axes = plt.subplots(1, 3 if has_format else 2, figsize=(15 if has_format else 10, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3 if has_format else 2, figsize=(PAGE_INCHES, 2.5), constrained_layout=True)
     for ax, column, scale in ((axes[0], "texture", "log"), (axes[1], "brightness", "linear")):
         for label, colour, name in ((0, "tab:green", "real"), (1, "tab:red", "generated")):
             member = labels == label
@@ -454,5 +497,5 @@ def image_statistics(path: Path, task: str, table, scores: np.ndarray, predicted
         axes[2].set_ylabel("error rate")
         axes[2].legend(fontsize=7)
         axes[2].grid(alpha=0.3, axis="y")
-    fig.suptitle(f"{TASK_NAMES.get(task, task)}: errors against image statistics (validation)", fontsize=10)
+    fig.suptitle(f"{TASK_NAMES.get(task, task)}: errors against image statistics (validation)")
     return save(fig, path)

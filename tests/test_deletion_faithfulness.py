@@ -67,3 +67,48 @@ def test_gradcam_removes_evidence_faster_than_random_order_by_a_stated_margin(de
         f"{task}: mean deletion-area gain of Grad-CAM over random order {gain.mean():.4f}, "
         f"standard error {standard_error:.4f}, needed > {MARGIN_SE:.2f} standard errors "
         f"(per-image gains {np.round(gain, 3).tolist()})")
+
+
+def test_resampled_replacement_keeps_each_image_statistics():
+    """The in-distribution replacement: every block comes from the same image, at the removed block's mean colour."""
+    from explainability import attributions
+
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    crops[1] = 200  # a flat image stays flat: a moved block takes the removed block's mean
+    out = attributions.resampled(crops, np.random.default_rng(1))
+    assert out.shape == crops.shape and out.dtype == np.uint8
+    assert np.array_equal(out[1], crops[1])
+    block = attributions.BLOCK
+    for r in range(0, 32, block):
+        for c in range(0, 32, block):
+            new, old = out[0, r:r + block, c:c + block].astype(float), crops[0, r:r + block, c:c + block].astype(float)
+            assert not np.array_equal(new, old)  # never the block itself
+            assert np.allclose(new.mean(axis=(0, 1)), old.mean(axis=(0, 1)), atol=8)  # its mean colour (up to clipping)
+
+
+@pytest.mark.parametrize("task", ["task02", "task03"])
+def test_gradcam_beats_random_order_with_an_in_distribution_replacement(demo_run, generated_validation_crops,
+                                                                         task, monkeypatch):
+    """The same margin, with removed blocks replaced by blocks of the same image instead of its blur."""
+    from explainability import attributions
+    from explainability.loading import load_task_model
+
+    monkeypatch.setenv("AMLS_ARTIFACTS_DIR", str(demo_run["artifacts"]))
+    monkeypatch.setenv("AMLS_DATA_DIR", str(demo_run["data_root"] / "data"))
+    model = load_task_model(task)
+    assert model.network is not None, f"the demo run's {task} detector has no network"
+    crops = generated_validation_crops
+    replacement = attributions.resampled(crops, np.random.default_rng(5))
+    maps = attributions.gradcam_maps(model, crops)
+    orders = {"gradcam": attributions.removal_orders(maps, np.random.default_rng(0))}
+    n_blocks = orders["gradcam"].shape[1]
+    for seed in range(N_RANDOM):
+        orders[f"random_{seed}"] = attributions.random_orders(len(crops), n_blocks, np.random.default_rng([77, seed]))
+    curves = attributions.deletion_curves(model, crops, replacement, orders)
+    area = {name: trapezoid(rows, attributions.DELETION_FRACTIONS, axis=1) for name, rows in curves.items()}
+    gain = np.mean([area[f"random_{seed}"] for seed in range(N_RANDOM)], axis=0) - area["gradcam"]
+    standard_error = gain.std(ddof=1) / np.sqrt(len(gain))
+    assert gain.mean() > MARGIN_SE * standard_error, (
+        f"{task}: with the resampled replacement, mean deletion-area gain of Grad-CAM over random order "
+        f"{gain.mean():.4f}, standard error {standard_error:.4f}, needed > {MARGIN_SE:.2f} standard errors")

@@ -1,10 +1,17 @@
-"""The report builds itself from the files of a run: numbers from the run, gaps marked "not run", 8 pages, 10 pt."""
+"""The report builds itself from the result files: every number and every verdict from a file, 8 pages, 10 pt.
+
+The builder's own checks run on the committed benchmark results (``benchmarks/results``): a run's
+artifacts are assembled from the copies of its metrics and exploration committed there, so these
+tests need no proxy data. The page and font checks build the report of the shared demo run.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import shutil
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,6 +24,10 @@ if str(REPO / "report") not in sys.path:
     sys.path.insert(0, str(REPO / "report"))
 
 import build_report as br  # noqa: E402
+from builder import explain_synthesis, results, story, targets  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+PROXY_RUN = "2026-12-01-proxy"  # the run whose metrics and exploration are committed beside its results
 
 
 def pdf_text(path: Path) -> str:
@@ -37,18 +48,223 @@ def dominant_font_size(path: Path) -> float:
     return sizes.most_common(1)[0][0]
 
 
+def tree_digest(folder: Path) -> dict:
+    """{relative path: sha256} of every file under ``folder`` (empty when it does not exist)."""
+    if not folder.exists():
+        return {}
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- the committed proxy run as inputs ---------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy_inputs(tmp_path) -> dict:
+    """Artifacts assembled from the committed copies of the proxy run's files, and a copy of the results."""
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "clean").mkdir(parents=True)
+    for name in ("exploration.json", "cleaning.json"):
+        shutil.copyfile(RESULTS / f"{PROXY_RUN}-exploration" / name, artifacts / "clean" / name)
+    for task in ("task02", "task03"):
+        (artifacts / task).mkdir()
+        shutil.copyfile(RESULTS / f"{PROXY_RUN}-{task}-metrics.json", artifacts / task / "metrics.json")
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    for path in RESULTS.glob("*.json"):
+        shutil.copyfile(path, bench / path.name)
+    explain = tmp_path / "explain"
+    explain.mkdir()
+    shutil.copyfile(REPO / "explainability" / "output" / "summary.json", explain / "summary.json")
+    return {"artifacts": artifacts, "bench": bench, "explain": explain}
+
+
+def read(proxy_inputs):
+    return results.read_inputs(proxy_inputs["artifacts"], proxy_inputs["bench"], proxy_inputs["explain"])
+
+
+def load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def save(path: Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(data))
+
+
+def test_targets_table_shows_the_numbers_of_the_result_files(proxy_inputs):
+    aims = {a.key: a for a in targets.aims(read(proxy_inputs))}
+    m2 = load(proxy_inputs["artifacts"] / "task02" / "metrics.json")
+    m3 = load(proxy_inputs["artifacts"] / "task03" / "metrics.json")
+    for task, m in (("task02", m2), ("task03", m3)):
+        for split in ("validation", "validation_augmented"):
+            aim = aims[f"{task}.{split}.fpr"]
+            assert aim.value == m["splits"][split]["fpr"]
+            assert aim.shown == br.fmt_rate(m["splits"][split]["fpr"])
+            assert aim.met == (m["splits"][split]["fpr"] <= 0.2)
+    assert aims["task02.recall"].value == m2["splits"]["validation"]["recall_ai"]
+    assert aims["task03.recall"].value == m3["splits"]["validation_augmented"]["recall_ai"]
+    auc_gap = m3["splits"]["validation_augmented"]["roc_auc"] - m2["splits"]["validation_augmented"]["roc_auc"]
+    assert aims["auc.gap"].value == pytest.approx(auc_gap)
+
+    proxy = load(results.newest(proxy_inputs["bench"], "proxy"))
+    reference = proxy["reference"]["elapsed_seconds"]
+    walls = {s["name"]: s["wall_seconds"] for s in proxy["harness"]["stages"]}
+    for stage in ("train", "train_augmented"):
+        assert aims[f"runtime.{stage}"].value == pytest.approx(walls[stage] / reference)
+        assert aims[f"runtime.{stage}"].shown.startswith(f"{walls[stage] / reference:.2f}")
+    peak = max(s["peak_rss_mb"] for s in proxy["harness"]["stages"])
+    assert aims["memory"].shown == f"{peak / 1000:.1f}"  # rounded, not truncated
+
+    robust = load(results.newest(proxy_inputs["bench"], "robustness-proxy"))
+    worst = max(robust["summary"]["held_out_moderate"].items(), key=lambda kv: kv[1]["task03"]["fpr"]["mean"])
+    assert aims["heldout.fpr"].value == worst[1]["task03"]["fpr"]["mean"]
+    assert worst[0] in aims["heldout.fpr"].shown
+    same = load(results.newest(proxy_inputs["bench"], "same-calibration-proxy"))["same_rule"]
+    rule = results.UNDER_PROCESSING_RULE
+    recall = {t: same[t]["rules"][rule]["splits"]["validation_augmented"]["recall_ai"] for t in ("task02", "task03")}
+    assert aims["equal.rule"].value == pytest.approx(recall["task03"] - recall["task02"])
+    eq = {t: robust["splits"][t]["validation_augmented"]["recall_at_fpr_0.2"]["mean"] for t in ("task02", "task03")}
+    assert aims["equal.fpr"].value == pytest.approx(eq["task03"] - eq["task02"])
+    # The table shows the same cells.
+    table = targets.targets_table(list(aims.values()))
+    assert [row[3] for row in table["rows"]] == [a.shown for a in aims.values()]
+    assert [row[4] for row in table["rows"]] == [{True: "met", False: "missed"}[a.met] for a in aims.values()]
+
+
+def verdicts(proxy_inputs) -> dict:
+    inputs = read(proxy_inputs)
+    aims = targets.aims(inputs)
+    values = {}
+    values.update(story.abstract_values(inputs, aims))
+    values.update(story.conclusion_values(inputs, aims))
+    values.update(story.task3_values(inputs))
+    values.update(story.timing_values(aims))
+    values.update(explain_synthesis.explain_values(inputs.summary))
+    return values
+
+
+def test_judgement_sentences_follow_the_numbers(proxy_inputs):
+    values = verdicts(proxy_inputs)
+    m3 = load(proxy_inputs["artifacts"] / "task03" / "metrics.json")
+    fpr = m3["splits"]["validation_augmented"]["fpr"]
+    assert ("keeps the FPR under" in values["abs.t3_aug"]) == (fpr <= 0.2)
+    assert br.fmt_rate(fpr) in values["abs.t3_aug"]
+
+    # Task 3 now over the cap on the augmented split: every sentence that said "keeps" must say "exceeds".
+    m3["splits"]["validation_augmented"]["fpr"] = 0.3
+    save(proxy_inputs["artifacts"] / "task03" / "metrics.json", m3)
+    changed = verdicts(proxy_inputs)
+    assert "exceeds the 0.2 FPR cap (0.300)" in changed["abs.t3_aug"]
+    assert "the robust one exceeds the 0.2 FPR cap (0.300)" in changed["concl.sentence"]
+    assert "keeps" not in changed["cmp.aug.t3cap"]
+
+
+def test_recall_cost_is_only_claimed_when_task3_recall_is_lower(proxy_inputs):
+    m2 = load(proxy_inputs["artifacts"] / "task02" / "metrics.json")
+    m3 = load(proxy_inputs["artifacts"] / "task03" / "metrics.json")
+    lower = m3["splits"]["validation_augmented"]["recall_ai"] < m2["splits"]["validation_augmented"]["recall_ai"]
+    assert verdicts(proxy_inputs)["abs.cost"].endswith("costs recall") == lower
+    m3["splits"]["validation_augmented"]["recall_ai"] = 0.99
+    save(proxy_inputs["artifacts"] / "task03" / "metrics.json", m3)
+    assert not verdicts(proxy_inputs)["abs.cost"].endswith("costs recall")
+
+
+def test_equal_rule_verdict_flips_when_task2_wins(proxy_inputs):
+    path = results.newest(proxy_inputs["bench"], "same-calibration-proxy")
+    assert "Task 3 beats Task 2" in verdicts(proxy_inputs)["abs.equal"]
+    same = load(path)
+    rule = results.UNDER_PROCESSING_RULE
+    same["same_rule"]["task02"]["rules"][rule]["splits"]["validation_augmented"]["recall_ai"] = 0.99
+    save(path, same)
+    changed = verdicts(proxy_inputs)
+    assert "Task 3 trails Task 2" in changed["abs.equal"]
+    assert "trails the plain one" in changed["concl.sentence"]
+
+
+def test_explanation_verdicts_follow_the_summary(proxy_inputs):
+    values = verdicts(proxy_inputs)
+    summary = load(proxy_inputs["explain"] / "summary.json")
+    jpeg = summary["tasks"]["task03"]["shortcut_audit"]["variants"]["jpeg_q75"]["generated"]
+    assert values["abs.explain"].startswith("The explanations find a compression cue") == (
+        jpeg["share_generated_after"] < jpeg["share_generated_before"])
+    deletion = summary["tasks"]["task03"]["attributions"]["deletion"]
+    assert ("out of distribution" in values["ex.deletion"]) == (
+        deletion["mean_logit_fully_blurred"] > deletion["mean_logit_original"])
+    # Reverse both findings: the sentences must reverse.
+    jpeg["share_generated_after"] = jpeg["share_generated_before"] + 0.1
+    deletion["mean_logit_fully_blurred"] = deletion["mean_logit_original"] - 1.0
+    save(proxy_inputs["explain"] / "summary.json", summary)
+    changed = verdicts(proxy_inputs)
+    assert changed["abs.explain"].startswith("The explanations find no compression cue")
+    assert "out of distribution" not in changed["ex.deletion"] and "lowers" in changed["ex.baseline"]
+
+
+def test_ablation_rows_come_from_result_files(proxy_inputs):
+    rows = story.ablation_rows(read(proxy_inputs))
+    assert rows, "no modelling choice backed by a result"
+    fusion = next(r for r in rows if r[0].startswith("fusion"))
+    proxy = load(results.newest(proxy_inputs["bench"], "proxy"))
+    parts = proxy["components"]["task02"]
+    assert fusion[3] == br.fmt_rate(parts["packaged: fusion"]["validation"]["roc_auc"])
+    for row in rows:
+        assert row[5] in ("better", "worse", "equal")
+        assert (RESULTS / row[6]).is_file()
+
+
+def test_every_template_value_is_generated(proxy_inputs, tmp_path):
+    status = br.main(["--artifacts", str(proxy_inputs["artifacts"]), "--bench", str(proxy_inputs["bench"]),
+                      "--explain", str(proxy_inputs["explain"]), "--out", str(tmp_path / "report.pdf"),
+                      "--build", str(tmp_path / "build")])
+    assert status == 0
+    data = json.loads((tmp_path / "build" / "data.json").read_text())
+    shown = set(re.findall(r'#val\("([^"]+)"\)', br.TEMPLATE.read_text()))
+    assert shown and shown <= set(data["values"]), shown - set(data["values"])
+    text = " ".join(pdf_text(tmp_path / "report.pdf").split())
+    assert "stand-in dataset" in text
+    assert len(PdfReader(str(tmp_path / "report.pdf")).pages) <= br.MAX_PAGES
+
+
+# --- safe commands ------------------------------------------------------------------------------------
+
+
+def test_missing_inputs_exit_nonzero_and_leave_the_committed_report_untouched(tmp_path):
+    before = tree_digest(REPO / "report")
+    run = subprocess.run([sys.executable, str(REPO / "report" / "build_report.py"), "--artifacts",
+                          str(tmp_path / "no_run")], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "nothing was written" in run.stderr and "no_run" in run.stderr
+    assert tree_digest(REPO / "report") == before
+
+
+def test_missing_inputs_write_nothing_at_out(tmp_path):
+    status = br.main(["--artifacts", str(tmp_path / "none"), "--bench", str(tmp_path / "none"),
+                      "--explain", str(tmp_path / "none"), "--out", str(tmp_path / "report.pdf"),
+                      "--build", str(tmp_path / "build")])
+    assert status == 2
+    assert not (tmp_path / "report.pdf").exists() and not (tmp_path / "build").exists()
+
+
+def test_allow_missing_builds_a_draft_with_not_run_everywhere(tmp_path):
+    empty = tmp_path / "artifacts"
+    empty.mkdir()
+    status = br.main(["--artifacts", str(empty), "--bench", str(tmp_path / "none"), "--explain", str(tmp_path / "none"),
+                      "--out", str(tmp_path / "report.pdf"), "--build", str(tmp_path / "build"), "--allow-missing"])
+    assert status == 0
+    text = pdf_text(tmp_path / "report.pdf")
+    assert text.count(br.NOT_RUN) > 20
+    data = json.loads((tmp_path / "build" / "data.json").read_text())
+    for row in data["tables"]["robustness"]["rows"]:
+        assert set(row[2:]) == {br.NOT_RUN}
+
+
+# --- the demo run's report -------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
 def demo_report(demo_run, tmp_path_factory):
-    """The report of the demo run, with the demo scorecard as benchmark and no explainability output."""
+    """The report of the demo run, without benchmark results or explanations (a draft)."""
     out = tmp_path_factory.mktemp("report")
-    bench = out / "bench"
-    bench.mkdir()
-    scorecard = Path(demo_run["out_dir"]) / "scorecard.json"
-    if scorecard.is_file():
-        shutil.copyfile(scorecard, bench / "harness-demo.json")
-    explain = out / "explain_empty"
-    explain.mkdir()
-    result = br.build_report(demo_run["artifacts"], bench, explain, out / "report.pdf", build=out / "build")
+    result = br.build_report(demo_run["artifacts"], None, None, out / "report.pdf", build=out / "build")
     return {"result": result, "pdf": out / "report.pdf", "text": pdf_text(out / "report.pdf"),
             "artifacts": Path(demo_run["artifacts"])}
 
@@ -65,11 +281,8 @@ def test_report_shows_task02_validation_numbers_of_the_run(demo_report):
     metrics = json.loads((demo_report["artifacts"] / "task02" / "metrics.json").read_text())
     validation = metrics["splits"]["validation"]
     text = demo_report["text"]
-    assert br.fmt_rate(validation["recall_ai"]) in text
-    assert br.fmt_rate(validation["fpr"]) in text
     assert br.fmt_interval(validation["fpr_ci95"]) in text
-    # The abstract states both, in the report's format.
-    abstract = text.split("Data exploration")[0]
+    abstract = text.split("Targets at a glance")[0]
     assert br.fmt_rate(validation["recall_ai"]) in abstract and br.fmt_rate(validation["fpr"]) in abstract
 
 
@@ -77,29 +290,6 @@ def test_body_font_size_is_10pt(demo_report):
     assert br.template_body_size() == "10pt"
     assert re.search(r"#set text\(size: body-size\b", br.TEMPLATE.read_text())
     assert dominant_font_size(demo_report["pdf"]) == 10.0
-
-
-def test_missing_source_shows_not_run(demo_report):
-    text = demo_report["text"]
-    explain_section = text.split("Explainability")[-1].split("Attribution and open set")[0]
-    assert br.NOT_RUN in explain_section
-    assert any(s["status"] == br.NOT_RUN and "discussion" in s["what"] for s in demo_report["result"]["sources"])
-
-
-def test_empty_artifacts_still_build_with_not_run_everywhere(tmp_path):
-    empty = tmp_path / "artifacts"
-    empty.mkdir()
-    status = br.main(["--artifacts", str(empty), "--bench", str(tmp_path / "none"), "--explain", str(tmp_path / "none"),
-                      "--out", str(tmp_path / "report.pdf"), "--build", str(tmp_path / "build")])
-    assert status == 0
-    text = pdf_text(tmp_path / "report.pdf")
-    assert text.count(br.NOT_RUN) > 20
-    # No number of another run can appear: every rate cell of the metric tables is "not run".
-    data = json.loads((tmp_path / "build" / "data.json").read_text())
-    shown = set(re.findall(r'#val\("([^"]+)"\)', br.TEMPLATE.read_text()))
-    assert shown and shown <= set(data["values"])
-    for row in data["tables"]["robustness"]["rows"]:
-        assert set(row[2:]) == {br.NOT_RUN}
 
 
 def test_over_long_report_fails_and_writes_nothing(demo_run, tmp_path):
@@ -179,3 +369,39 @@ def test_same_rule_section_compares_both_tasks_under_each_rule():
         section = br.same_rule_section(missing)
         assert section["tables"] == {} and set(section["values"]) == set(br.SAME_RULE_VALUES)
         assert set(section["values"].values()) == {br.NOT_RUN}
+
+
+def test_report_plots_have_readable_text(proxy_inputs, tmp_path, monkeypatch):
+    """The report's own plots are drawn at their printed width with no text under 7 pt."""
+    import matplotlib.text
+
+    from builder import plots
+
+    inputs = read(proxy_inputs)
+    drawn = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda fig, *a, **k: drawn.append(fig))
+    assert plots.plot_exploration(inputs.exploration, tmp_path / "a.png")
+    assert plots.plot_robustness_curves(inputs.robustness, tmp_path / "b.png")
+    for fig in drawn:
+        fig.canvas.draw()
+        assert fig.get_size_inches()[0] <= plots.PAGE_INCHES + 1e-6
+        small = [t.get_text() for t in fig.findobj(matplotlib.text.Text)
+                 if t.get_visible() and t.get_text().strip() and t.get_fontsize() < plots.MIN_FONT]
+        assert not small, small
+
+
+def test_in_distribution_deletion_verdict_follows_the_summary():
+    entry = {"best_method": "gradcam", "best_beats_random": True, "best_auc_gain_over_random": 0.3, "n_images": 12,
+             "mean_logit_original": 1.0, "mean_logit_fully_blurred": 0.5}
+    assert "still removes evidence faster than random" in explain_synthesis.resampled_sentence(entry)
+    entry["best_beats_random"] = False
+    assert "not shown to be faithful" in explain_synthesis.resampled_sentence(entry)
+    assert "not run" in explain_synthesis.resampled_sentence(None)
+
+
+def test_feature_group_sentence_names_the_group_that_matters():
+    result = {"groups": {"spectrum": {"auc_drop_mean": 0.01}, "noise": {"auc_drop_mean": 0.12}},
+              "network": {"auc_drop_mean": 0.05}}
+    sentence = explain_synthesis.feature_groups_sentence(result)
+    assert sentence.endswith("leans most on its noise features") and "+0.050" in sentence
+    assert "not run" in explain_synthesis.feature_groups_sentence(None)

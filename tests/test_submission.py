@@ -1,6 +1,7 @@
 """The submission packs itself: the right files, nothing of data or runs, under 20 MB, and it refuses when incomplete."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import zipfile
@@ -27,6 +28,8 @@ def fake_repo(tmp_path) -> Path:
     (repo / "explainability" / "explain.py").write_text("print('explain')\n")
     (repo / "report").mkdir()
     (repo / "report" / "report.pdf").write_bytes(b"%PDF-1.7\n% dummy report\n%%EOF\n")
+    (repo / "report" / "team.json").write_text(json.dumps({"members": ["Ada Lovelace", "Alan Turing"],
+                                                           "student_id": "1234567"}))
     # Clutter that must never reach the zip.
     (repo / "solution" / "data" / "train").mkdir(parents=True)
     (repo / "solution" / "data" / "train" / "part-0.parquet").write_bytes(b"x" * 1000)
@@ -90,7 +93,7 @@ def test_refuses_when_over_the_size_limit(fake_repo, tmp_path):
 
 
 def test_command_line_refuses_with_a_clear_message(tmp_path, capsys):
-    status = ms.main(["--id", "1234567", "--out", str(tmp_path), "--report", str(tmp_path / "no_report.pdf")])
+    status = ms.main(["--id", "0000000", "--out", str(tmp_path), "--report", str(tmp_path / "no_report.pdf")])
     assert status == 1
     assert "refused" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.zip"))
@@ -99,3 +102,34 @@ def test_command_line_refuses_with_a_clear_message(tmp_path, capsys):
 def test_rejects_an_id_that_is_no_file_name(fake_repo, tmp_path):
     with pytest.raises(ms.SubmissionError, match="student ID"):
         ms.make_submission("../x", tmp_path, repo=fake_repo)
+
+
+@pytest.mark.parametrize("team", [
+    {"members": ["Team member 1", "Team member 2"], "student_id": "1234567"},
+    {"members": ["Ada Lovelace"], "student_id": "0000000"},
+    {"members": [], "student_id": "1234567"},
+])
+def test_refuses_placeholder_team_data_naming_team_json(fake_repo, tmp_path, team):
+    (fake_repo / "report" / "team.json").write_text(json.dumps(team))
+    with pytest.raises(ms.SubmissionError, match="report/team.json"):
+        ms.make_submission("1234567", tmp_path / "out", repo=fake_repo)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.zip"))
+
+
+def test_the_committed_team_file_is_checked_by_the_command(tmp_path, capsys):
+    team = json.loads((REPO / "report" / "team.json").read_text())
+    status = ms.main(["--out", str(tmp_path)])
+    if any(str(m).startswith("Team member") for m in team.get("members", [])):
+        assert status == 1 and "report/team.json" in capsys.readouterr().err
+        assert not list(tmp_path.glob("*.zip"))
+
+
+def test_refuses_an_id_other_than_the_team_files(fake_repo, tmp_path):
+    with pytest.raises(ms.SubmissionError, match="team.json"):
+        ms.make_submission("7654321", tmp_path, repo=fake_repo)
+
+
+def test_refuses_a_zip_with_data_inside(tmp_path):
+    names = list(ms.REQUIRED) + ["explainability/explain.py", "solution/data/train/part-0.parquet"]
+    with pytest.raises(ms.SubmissionError, match="data"):
+        ms.check_contents(names)

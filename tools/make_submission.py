@@ -14,12 +14,15 @@ Contents (paths inside the zip):
   when they total at most 4 MB (else they are left out with a note: the report shows the main
   ones and the explainability code regenerates them from a run).
 
-The zip is written atomically. The tool refuses (exit status 1, nothing written) when a required
-file is missing or the zip would exceed ``MAX_BYTES`` (20 MB, the course limit).
+The zip is written atomically. The tool refuses (exit status 1, nothing written) when
+``report/team.json`` still holds placeholder names or student ID (or names another ID than
+``--id``), when a required file is missing, when the zip would hold data, artifacts or
+checkpoints, or when it would exceed ``MAX_BYTES`` (20 MB, the course limit).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -43,6 +46,8 @@ EXPLAINABILITY_SUFFIXES = {".py", ".md"}
 EXPLAIN_OUTPUT_TEXT_SUFFIXES = {".md", ".json"}
 EXPLAIN_OUTPUT_FIGURE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+TEAM_FILE = Path("report") / "team.json"
+FORBIDDEN_PARTS = {"data", "artifacts", "runs"}  # folders whose content must never be submitted
 
 
 class SubmissionError(RuntimeError):
@@ -98,12 +103,53 @@ def collect_files(repo: Path = REPO, report: Path | None = None) -> list[tuple[P
     return entries
 
 
-def make_submission(student_id: str, out_dir: Path, repo: Path = REPO, report: Path | None = None,
+def read_team(repo: Path = REPO) -> dict:
+    """``report/team.json``, refused while it holds placeholders (the report's title block shows it)."""
+    path = Path(repo) / TEAM_FILE
+    if not path.is_file():
+        raise SubmissionError(f"{TEAM_FILE} is missing: it names the team members and the student ID")
+    try:
+        team = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise SubmissionError(f"{TEAM_FILE} is not valid JSON: {exc}") from exc
+    members = [str(m).strip() for m in team.get("members") or []]
+    student_id = str(team.get("student_id", "")).strip()
+    problems = []
+    if not members or any(not m or m.lower().startswith("team member") for m in members):
+        problems.append(f"member names {members}")
+    if not student_id or set(student_id) == {"0"}:
+        problems.append(f"student ID {student_id!r}")
+    if problems:
+        raise SubmissionError(f"{TEAM_FILE} still holds placeholder " + " and ".join(problems)
+                              + ": enter the real names and ID, rebuild the report (make report), then pack again")
+    return {"members": members, "student_id": student_id}
+
+
+def check_contents(names: list[str]) -> None:
+    """The zip's names: report, stage scripts, Dockerfile, manifests, explainability code; no data or runs."""
+    missing = [name for name in REQUIRED if name not in names]
+    if not any(n.startswith("explainability/") and n.endswith(".py") for n in names):
+        missing.append("explainability/*.py")
+    if missing:
+        raise SubmissionError("the zip would lack " + ", ".join(missing))
+    forbidden = [n for n in names if FORBIDDEN_PARTS & set(n.split("/")[:-1])
+                 or any(n.endswith(suffix) for suffix in EXCLUDED_SUFFIXES)]
+    if forbidden:
+        raise SubmissionError("the zip would hold data, artifacts or checkpoints: " + ", ".join(forbidden[:5]))
+
+
+def make_submission(student_id: str | None, out_dir: Path, repo: Path = REPO, report: Path | None = None,
                     max_bytes: int = MAX_BYTES) -> Path:
-    """Write ``out_dir/AMLS_Exercise_<student_id>.zip`` and return its path."""
+    """Write ``out_dir/AMLS_Exercise_<student_id>.zip`` and return its path (the ID defaults to team.json's)."""
+    team = read_team(Path(repo))
+    student_id = student_id or team["student_id"]
     if not ID_PATTERN.match(student_id or ""):
         raise SubmissionError(f"student ID {student_id!r} must be letters, digits, '-' or '_'")
+    if student_id != team["student_id"]:
+        raise SubmissionError(f"--id {student_id} differs from the student ID {team['student_id']} in {TEAM_FILE}, "
+                              f"which the report shows")
     entries = collect_files(Path(repo), report)
+    check_contents([name for _, name in entries])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"AMLS_Exercise_{student_id}.zip"
@@ -126,7 +172,8 @@ def make_submission(student_id: str, out_dir: Path, repo: Path = REPO, report: P
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--id", required=True, help="student ID, used in the file name AMLS_Exercise_<ID>.zip")
+    parser.add_argument("--id", default=None,
+                        help="student ID, used in the file name AMLS_Exercise_<ID>.zip (default: report/team.json's)")
     parser.add_argument("--out", type=Path, default=REPO, help="folder for the zip (default: the repository top)")
     parser.add_argument("--report", type=Path, default=None, help="the PDF to pack (default: report/report.pdf)")
     args = parser.parse_args(argv)
@@ -138,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     with zipfile.ZipFile(target) as archive:
         names = archive.namelist()
     print(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB, {len(names)} files)")
-    if args.id == "0000000":
-        print("make_submission: warning: 0000000 is the placeholder student ID", file=sys.stderr)
     return 0
 
 
