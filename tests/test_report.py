@@ -91,6 +91,23 @@ def save(path: Path, data: dict) -> None:
     Path(path).write_text(json.dumps(data))
 
 
+def set_split(proxy_inputs, task: str, split: str, key: str, value: float) -> None:
+    """Change one split metric everywhere the report reads it: the run's metrics.json and the seed means."""
+    path = proxy_inputs["artifacts"] / task / "metrics.json"
+    m = load(path)
+    m["splits"][split][key] = value
+    save(path, m)
+    robust_path = results.newest(proxy_inputs["bench"], "robustness-proxy")
+    robust = load(robust_path)
+    robust["splits"][task][split][key]["mean"] = value
+    save(robust_path, robust)
+
+
+def headline(proxy_inputs, task: str, split: str, key: str) -> float:
+    """The number the abstract and the targets table state (the seed mean when several seeds ran)."""
+    return targets._measured(read(proxy_inputs), task, split, key)[0]
+
+
 def test_targets_table_shows_the_numbers_of_the_result_files(proxy_inputs):
     aims = {a.key: a for a in targets.aims(read(proxy_inputs))}
     robust = load(results.newest(proxy_inputs["bench"], "robustness-proxy"))
@@ -147,14 +164,12 @@ def verdicts(proxy_inputs) -> dict:
 
 def test_judgement_sentences_follow_the_numbers(proxy_inputs):
     values = verdicts(proxy_inputs)
-    m3 = load(proxy_inputs["artifacts"] / "task03" / "metrics.json")
-    fpr = m3["splits"]["validation_augmented"]["fpr"]
+    fpr = headline(proxy_inputs, "task03", "validation_augmented", "fpr")
     assert ("keeps the FPR under" in values["abs.t3_aug"]) == (fpr <= 0.2)
     assert br.fmt_rate(fpr) in values["abs.t3_aug"]
 
     # Task 3 now over the cap on the augmented split: every sentence that said "keeps" must say "exceeds".
-    m3["splits"]["validation_augmented"]["fpr"] = 0.3
-    save(proxy_inputs["artifacts"] / "task03" / "metrics.json", m3)
+    set_split(proxy_inputs, "task03", "validation_augmented", "fpr", 0.3)
     changed = verdicts(proxy_inputs)
     assert "exceeds the 0.2 FPR cap (0.300)" in changed["abs.t3_aug"]
     assert "the robust one exceeds the 0.2 FPR cap (0.300)" in changed["concl.sentence"]
@@ -162,12 +177,10 @@ def test_judgement_sentences_follow_the_numbers(proxy_inputs):
 
 
 def test_recall_cost_is_only_claimed_when_task3_recall_is_lower(proxy_inputs):
-    m2 = load(proxy_inputs["artifacts"] / "task02" / "metrics.json")
-    m3 = load(proxy_inputs["artifacts"] / "task03" / "metrics.json")
-    lower = m3["splits"]["validation_augmented"]["recall_ai"] < m2["splits"]["validation_augmented"]["recall_ai"]
+    lower = (headline(proxy_inputs, "task03", "validation_augmented", "recall_ai")
+             < headline(proxy_inputs, "task02", "validation_augmented", "recall_ai"))
     assert verdicts(proxy_inputs)["abs.cost"].endswith("costs recall") == lower
-    m3["splits"]["validation_augmented"]["recall_ai"] = 0.99
-    save(proxy_inputs["artifacts"] / "task03" / "metrics.json", m3)
+    set_split(proxy_inputs, "task03", "validation_augmented", "recall_ai", 0.99)
     assert not verdicts(proxy_inputs)["abs.cost"].endswith("costs recall")
 
 
