@@ -44,6 +44,7 @@ from aidetect.decode import decode_rgb  # noqa: E402
 from aidetect.features import CornerFeatures, corner_features  # noqa: E402
 from aidetect.labels import binary_label  # noqa: E402
 from aidetect.metrics import recall_at_fpr  # noqa: E402
+from aidetect.modelfiles import NETWORK_FILE  # noqa: E402
 from aidetect.parallel import ordered_map  # noqa: E402
 from aidetect.paths import pointing_at  # noqa: E402
 from aidetect.perturb import FAMILIES, perturb  # noqa: E402
@@ -170,7 +171,7 @@ def retrain_task03(source: Path, artifacts: Path, data_root: Path, view_policy, 
             prepare_split("train", load_or_build_recipe(deadline), seed=info["seed"], deadline=deadline,
                           limit=info["n_planned"], view_share=info["view_share"], view_policy=view_policy)
         train_task("task03", Deadline(seconds, start=time.monotonic()), config,
-                   init_from=task_dir("task02") / "model_best.pt")
+                   init_from=task_dir("task02") / NETWORK_FILE)
     return artifacts
 
 

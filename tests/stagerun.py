@@ -136,7 +136,9 @@ def task_detector_only(src: Path, dst: Path, task: str = "task02") -> Path:
     """An artifacts folder holding only the trained detector of ``task`` (no old predictions)."""
     folder = dst / task
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("detector.json", "fallback.pkl", "model_best.pt"):
+    from aidetect.modelfiles import CLASSICAL_FILE, NETWORK_FILE
+
+    for name in ("detector.json", CLASSICAL_FILE, NETWORK_FILE):
         if (src / task / name).exists():
             shutil.copy2(src / task / name, folder / name)
     return dst

@@ -471,7 +471,7 @@ def test_training_data_that_cannot_train_stops_training_with_one_line(tmp_path, 
     artifacts = tmp_path / "artifacts"
     stale = artifacts / "task02" / "detector.json"  # an earlier run's detector, trained on other data
     stale.parent.mkdir(parents=True)
-    stale.write_text('{"kind": "classical", "weights": "fallback.pkl"}')
+    stale.write_text('{"kind": "classical", "weights": "fallback.json"}')
     guard = WritesOnlyArtifacts(tmp_path, artifacts)
 
     prepared = run_stage("prepare", data, artifacts, timeout=60, limit=300)

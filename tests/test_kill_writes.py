@@ -114,7 +114,7 @@ DIE_MID_WRITE = textwrap.dedent("""
         from aidetect.detector import save_detector_description
         for value in (1.5, 2.5):
             threshold = Threshold(value, 0.2, 0.95, 40, 38, 0.05, True)
-            save_detector_description("task02", "classical", "fallback.pkl", threshold, {{"train_images": 10}})
+            save_detector_description("task02", "classical", "fallback.json", threshold, {{"train_images": 10}})
     elif scenario == "checkpoint":
         import torch
         original_save = torch.save
@@ -175,5 +175,5 @@ def test_a_kill_while_a_checkpoint_is_rewritten_leaves_the_previous_checkpoint(t
 
     artifacts = tmp_path / "artifacts"
     die_mid_write("checkpoint", 2, tmp_path / "data", artifacts, tmp_path)
-    checkpoint = torch.load(artifacts / "task02" / "checkpoint_last.pt", weights_only=False)
+    checkpoint = torch.load(artifacts / "task02" / "checkpoint_last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 1 and torch.equal(checkpoint["model"]["w"], torch.full((64, 64), 1.0))

@@ -148,7 +148,7 @@ BREAKAGES = [
         [KILL_WRITES], keyword="killed_at_any_moment"),
     Breakage(
         "task03-trains-from-scratch", "Task 3 continues from the Task-2 checkpoint",
-        [("solution/aidetect/stages.py", 'init_from=task_dir("task02") / "model_best.pt"', "init_from=None")],
+        [("solution/aidetect/stages.py", 'init_from=task_dir("task02") / NETWORK_FILE', "init_from=None")],
         [f"{PROMISES}::test_task03_training_starts_from_the_task02_best_weights"]),
 ]
 

@@ -78,6 +78,7 @@ from .crops import CROP_SIZE, square_crop
 from .dataio import atomic_path, iter_batches, read_row_ids, write_json
 from .decode import decode_rgb
 from .errors import DataError, DecodeError, PipelineError
+from .modelfiles import NETWORK_FILE
 from .features import FEATURE_GROUPS, FEATURE_NAMES, image_features
 from .labels import SOURCE_CLASSES, SOURCE_NAMES
 from .metrics import clopper_pearson
@@ -709,7 +710,7 @@ def load_network(tasks=MODEL_TASKS) -> tuple[str, torch.nn.Module, dict]:
         if detector.network is not None:
             return task, detector.network, detector.info
         # The holdout may have preferred the classical model; the trained network still has an embedding.
-        best = task_dir(task) / "model_best.pt"
+        best = task_dir(task) / NETWORK_FILE
         if best.exists():
             from .training import load_model
 

@@ -10,7 +10,6 @@ detector behind.
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,12 +22,13 @@ from .classical import ClassicalDetector
 from .cleaning import (SHIFT_DIR, PreparedSplit, load_prepared, prepared_splits, prepared_time_bound_decisions,
                        shift_split, shift_splits_present)
 from .crops import CROP_SIZE, square_crop
-from .dataio import (UNKNOWN_ROW_ID, Unreadable, atomic_path, iter_batches, known_row_ids, read_json, row_ids_by_file,
+from .dataio import (UNKNOWN_ROW_ID, Unreadable, iter_batches, known_row_ids, read_json, row_ids_by_file,
                      write_json, write_predictions)
 from .decode import decode_rgb
 from .errors import DataError, DecodeError, PipelineError
 from .labels import BINARY_NAMES, binary_label
 from .metrics import detection_metrics
+from .modelfiles import CLASSICAL_FILE, NETWORK_FILE, load_classical, load_network_file, save_classical
 from .parallel import ordered_map
 from .paths import PREDICT_SPLIT, predictions_path, prepared_dir, split_dir, task_dir
 from .progress import progress
@@ -149,11 +149,6 @@ def save_detector_description(task: str, kind: str, weights: str, threshold: Thr
                {"kind": kind, "weights": weights, "threshold": threshold.to_dict(), **extra})
 
 
-def _load_pickle(path: Path):
-    with open(path, "rb") as handle:
-        return pickle.load(handle)
-
-
 def load_detector(task: str) -> Detector:
     folder = task_dir(task)
     path = folder / "detector.json"
@@ -166,10 +161,10 @@ def load_detector(task: str) -> Detector:
         scorer = load_model(folder / description["weights"])
     elif kind == "fusion":
         fusion = description["fusion"]
-        scorer = FusedScorer(load_model(folder / description["weights"]), _load_pickle(folder / fusion["classical"]),
+        scorer = FusedScorer(load_model(folder / description["weights"]), load_classical(folder / fusion["classical"]),
                              fusion["weight"], fusion["stats"])
     else:
-        scorer = _load_pickle(folder / description["weights"])
+        scorer = load_classical(folder / description["weights"])
     return Detector(kind, scorer, threshold, description)
 
 
@@ -366,9 +361,8 @@ def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: d
         if name not in scores and time.monotonic() - t0 + per_crop * len(data) < budget:
             scores[name] = classical_split_scores(model, data, corners)
     threshold, per_set = _calibrate(scores, {n: d.source_class for n, d in splits.items()}, task, exclude_families)
-    with atomic_path(task_dir(task) / "fallback.pkl") as tmp, open(tmp, "wb") as handle:
-        pickle.dump(model, handle)
-    save_detector_description(task, "classical", "fallback.pkl", threshold,
+    save_classical(task_dir(task) / CLASSICAL_FILE, model)
+    save_detector_description(task, "classical", CLASSICAL_FILE, threshold,
                               {"calibration_sets": per_set, "fit_seconds": time.monotonic() - t0,
                                "train_images": int(len(indices)), "classical_crops": CROP_MODES[corners]})
     log.info("fallback classical detector ready in %.1fs (threshold %.3f)", time.monotonic() - t0, threshold.value)
@@ -469,9 +463,7 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     init_state = None
     if init_from is not None:
         if init_from.exists():
-            import torch
-
-            init_state = torch.load(init_from, weights_only=False)["model"]
+            init_state = load_network_file(init_from)[0]
             time_bound += inherited_time_bound_decisions(init_from.parent / "metrics.json", time_bound)
         else:
             log.warning("no checkpoint at %s to continue from; training from scratch", init_from)
@@ -490,7 +482,7 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
                "fit": asdict(fit_result) if fit_result else None,
                "classical_splits": evaluate_scores(classical_scores, splits, classical_threshold)}
     kind, threshold, final_scores = "classical", classical_threshold, classical_scores
-    if network is not None and (task_dir(task) / "model_best.pt").exists():
+    if network is not None and (task_dir(task) / NETWORK_FILE).exists():
         # In split order whichever the fallback had time to score, so metrics.json does not vary with the load.
         classical_scores = {name: classical_scores[name] if name in classical_scores
                             else classical_split_scores(classical, data, corners) for name, data in splits.items()}
@@ -505,9 +497,9 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
         metrics["fusion"] = {"weight": weight, "stats": stats, "classical_crops": CROP_MODES[corners]}
         kind, final_scores = "fusion", fused_scores
         threshold, per_set = _calibrate(final_scores, labels, task, excluded)
-        save_detector_description(task, kind, "model_best.pt", threshold, {
+        save_detector_description(task, kind, NETWORK_FILE, threshold, {
             "arch": config.arch, "calibration_sets": per_set, "fit": asdict(fit_result),
-            "fusion": {"weight": weight, "stats": stats, "classical": "fallback.pkl"},
+            "fusion": {"weight": weight, "stats": stats, "classical": CLASSICAL_FILE},
             "classical_crops": CROP_MODES[corners]})
     metrics.update({"detector": kind, "threshold": threshold.to_dict(),
                     "splits": evaluate_scores(final_scores, splits, threshold),

@@ -55,9 +55,10 @@ def predict(deadline: Deadline) -> None:
 
 def train_augmented(deadline: Deadline) -> None:
     from .detector import TASK03_CONFIG, require_trainable, train_task
+    from .modelfiles import NETWORK_FILE
 
     require_trainable("task03")
-    train_task("task03", deadline, TASK03_CONFIG, init_from=task_dir("task02") / "model_best.pt")
+    train_task("task03", deadline, TASK03_CONFIG, init_from=task_dir("task02") / NETWORK_FILE)
 
 
 def predict_augmented(deadline: Deadline) -> None:
