@@ -29,7 +29,7 @@ DATE := $(shell date +%F)
 
 .PHONY: setup run demo-data test mutation-check bench bench-throughput bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
 
-$(STAMP): requirements-dev.txt solution/requirements.txt
+$(STAMP): requirements-dev.txt solution/requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -52,7 +52,7 @@ mutation-check: $(STAMP)
 	$(PY) tools/mutation_check.py --out benchmarks/results/$(DATE)-mutation-check.json
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_bench.py --data $(PROXY) --out benchmarks/results
+	PYTHONPATH=tools $(PY) benchmarks/run_bench.py --data $(PROXY) --out benchmarks/results
 
 # After `make bench` (they read its run in runs/proxy):
 PROXY_RUN := runs/proxy/artifacts

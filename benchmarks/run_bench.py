@@ -1,6 +1,6 @@
 """The benchmark on ../shared/proxy: everything the detector issue must show, in one run.
 
-    python benchmarks/run_bench.py --data ../shared/proxy --out benchmarks/results
+    PYTHONPATH=tools python benchmarks/run_bench.py --data ../shared/proxy --out benchmarks/results
 
 1. the course reference runtime (SPEC.md), measured first, on the same machine;
 2. the packaged six-stage pipeline through the grading harness with the official
@@ -25,11 +25,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from flipped import PARTS, VARIANTS, make_flipped  # noqa: E402
-from grade import grade, score_predictions, validate_predictions, read_predict_ids  # noqa: E402
+from flipped import PARTS, VARIANTS, make_flipped
+from grade import grade, score_predictions, validate_predictions, read_predict_ids
 
 
 def step(title: str) -> None:

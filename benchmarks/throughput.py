@@ -42,7 +42,6 @@ from PIL import Image
 from aidetect.modelfiles import CLASSICAL_FILE, NETWORK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 STAGES = (("predict", "task02"), ("predict_augmented", "task03"))
 DETECTOR_FILES = ("detector.json", CLASSICAL_FILE, NETWORK_FILE)
 

@@ -43,8 +43,6 @@ from typing import Any, Iterable
 REPORT_DIR = Path(__file__).resolve().parent
 REPO = REPORT_DIR.parent
 SOLUTION = REPO / "solution"
-if str(SOLUTION) not in sys.path:
-    sys.path.insert(0, str(SOLUTION))
 
 TEMPLATE = REPORT_DIR / "template.typ"
 TEAM_FILE = REPORT_DIR / "team.json"

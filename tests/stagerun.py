@@ -47,6 +47,11 @@ def stage_env(data_dir: Path, artifacts_dir: Path) -> dict:
     return env
 
 
+def package_env(env: dict | None = None) -> dict:
+    """``env`` (default: this process's) in which a script anywhere imports the package from ``solution/``."""
+    return dict(os.environ if env is None else env, PYTHONPATH=str(SOLUTION))
+
+
 def vm_hwm_mb(pid: int | str) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -5,7 +5,6 @@ import json
 import math
 import re
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,10 +12,8 @@ import pytest
 from pypdf import PdfReader
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "report") not in sys.path:
-    sys.path.insert(0, str(REPO / "report"))
 
-import build_report as br  # noqa: E402
+import build_report as br
 
 
 def pdf_text(path: Path) -> str:
