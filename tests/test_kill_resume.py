@@ -151,7 +151,7 @@ def test_kill_during_network_training_then_predict_and_resume(demo_root, artifac
     detector = load_detector("task02")  # what predict.py loads (a full network predict takes a while)
     assert detector.kind == "fusion" and detector.network is not None
     crops = load_prepared("calibration").crops[:4]
-    assert set(detector.predict(np.asarray(crops)).tolist()) <= {0, 1}
+    assert set(detector.label_single_crops(np.asarray(crops)).tolist()) <= {0, 1}
 
 
 def test_a_checkpoint_write_cut_short_restarts_training_cleanly(artifacts, monkeypatch, caplog):

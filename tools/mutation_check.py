@@ -139,8 +139,7 @@ BREAKAGES = [
         [f"{PROMISES}::test_an_exhausted_deadline_still_labels_every_row_once_and_names_the_unscored_rows"]),
     Breakage(
         "predict-scores-centre-crops-only", "predict scores an image the way its calibration twin was scored",
-        [(DETECTOR, "want_corners = detector is not None and detector.scores_corner_crops",
-          "want_corners = False")],
+        [(DETECTOR, "    want_corners = detector.scores_corner_crops", "    want_corners = False")],
         [f"{PROMISES}::test_predict_labels_are_the_calibrated_threshold_applied_to_the_scores"]),
     Breakage(
         "predictions-file-only-at-the-end", "a kill at any moment after the row ids are read leaves every row labelled",
