@@ -46,11 +46,12 @@ from aidetect.modelfiles import NETWORK_FILE
 from aidetect.parallel import ordered_map
 from aidetect.paths import pointing_at
 from aidetect.perturb import FAMILIES, perturb
+from aidetect.settings import DETECTION
 from aidetect.progress import progress
 
 SCHEMA_VERSION = 1
 TASKS = ("task02", "task03")
-MAX_FPR = 0.20
+MAX_FPR = DETECTION.max_fpr
 CLEAN = ("clean", 0.0)
 
 

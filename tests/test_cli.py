@@ -15,6 +15,7 @@ from aidetect import cli
 from aidetect.detector import Detector
 from aidetect.labels import BINARY_NAMES
 from aidetect.paths import shipped_model_dir
+from aidetect.settings import DETECTION
 
 
 def score_json(capsys, *args) -> list[dict]:
@@ -29,6 +30,7 @@ def test_the_api_the_command_and_the_predict_stage_give_the_same_labels(demo_roo
     predict_dir = demo_root / "data" / "predict"
     stage = run_stage("predict", demo_root / "data", artifacts, timeout=600)
     assert stage.returncode == 0, stage.output[-3000:]
+    assert f"settings: {DETECTION}" in stage.stdout  # the operating point, logged as the stage starts
     from_stage = dict(read_predictions(artifacts / "task02" / "predictions.csv"))
     raw = pd.read_parquet(predict_dir)
 

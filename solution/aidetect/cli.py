@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="an image, a folder or a parquet file")
     score.add_argument("--task", choices=TASKS, default="task03",
                        help="which shipped detector: task02 (plain) or task03 (robust to processing; default)")
-    score.add_argument("--model", type=Path, help="a detector folder (holding detector.json) instead of the shipped one")
+    score.add_argument("--model", type=Path,
+                       help="a detector folder (holding detector.json) instead of the shipped one")
     score.add_argument("--format", choices=("csv", "json"), default="csv")
     return parser
 

@@ -27,6 +27,7 @@ from .labels import binary_label
 from .metrics import recall_at_fpr
 from .models import build_model, to_tensor
 from .progress import progress
+from .settings import DETECTION
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,12 @@ def holdout_views(data: PreparedSplit, indices: np.ndarray, config: TrainConfig)
 
 
 def selection_score(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """(ROC AUC + recall at 20 % FPR) / 2: ranking quality and the operating point that matters."""
+    """(ROC AUC + recall at the FPR cap) / 2: ranking quality and the operating point that matters."""
     from sklearn.metrics import roc_auc_score
 
     if len(np.unique(y_true)) < 2:
         return float("nan")
-    return (float(roc_auc_score(y_true, scores)) + recall_at_fpr(y_true, scores, 0.2)) / 2
+    return (float(roc_auc_score(y_true, scores)) + recall_at_fpr(y_true, scores, DETECTION.max_fpr)) / 2
 
 
 def holdout_score(model, views, y_true, batch_size) -> tuple[float, dict]:
@@ -174,7 +175,8 @@ def holdout_score(model, views, y_true, batch_size) -> tuple[float, dict]:
     for name, crops in views:
         scores = score_crops(model, crops, batch_size, desc=f"holdout {name}")
         auc = roc_auc_score(y_true, scores) if len(np.unique(y_true)) == 2 else float("nan")
-        parts[name] = {"roc_auc": float(auc), "recall_at_fpr_0.2": recall_at_fpr(y_true, scores, 0.2),
+        parts[name] = {"roc_auc": float(auc),
+                       "recall_at_fpr_0.2": recall_at_fpr(y_true, scores, DETECTION.max_fpr),
                        "selection_score": selection_score(y_true, scores)}
     values = [p["selection_score"] for p in parts.values()]
     return float(np.nanmean(values)) if values else float("nan"), parts
