@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pandas as pd
-import pytest
 
 from stagerun import encode, noise_image, package_env, read_predictions, run_stage, write_labelled_file
 
