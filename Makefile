@@ -27,7 +27,7 @@ RUN := runs/demo
 PROXY ?= ../shared/proxy
 DATE := $(shell date +%F)
 
-.PHONY: setup run demo-data test mutation-check bench bench-throughput bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
+.PHONY: setup run demo-data convert-proxy-run test mutation-check bench bench-throughput bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
 
 $(STAMP): requirements-dev.txt solution/requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -100,7 +100,11 @@ bench-robustness: $(STAMP)
 		--proxy-bench $$(ls -t benchmarks/results/[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]-proxy.json | head -1) \
 		--out benchmarks/results/$(DATE)-robustness-proxy.json
 
-explain: $(STAMP)
+# Runs made before the safe model formats hold pickles, which the pipeline refuses to load: converted once, here.
+convert-proxy-run: $(STAMP)
+	$(PY) tools/convert_artifacts.py $(PROXY_RUN)
+
+explain: convert-proxy-run
 	$(PY) explainability/explain.py --artifacts $(PROXY_RUN) --data $(PROXY)/data --out explainability/output \
 		--timeout_seconds 900
 

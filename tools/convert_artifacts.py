@@ -63,6 +63,9 @@ def convert_network(old: Path, new: Path) -> float:
 def convert_task(folder: Path, remove_old: bool) -> list[str]:
     """Convert one task folder; returns what was done, one line each."""
     description = read_json(folder / "detector.json")
+    named = {description["weights"], description.get("fusion", {}).get("classical")}
+    if not named & {OLD_CLASSICAL, OLD_NETWORK}:
+        return ["already in the safe formats: left as it is"]
     done = []
     if (folder / OLD_CLASSICAL).exists():
         diff = convert_classical(folder / OLD_CLASSICAL, folder / CLASSICAL_FILE)
