@@ -30,9 +30,9 @@ RUN := runs/demo
 DATA ?= ../shared/proxy
 DATE := $(shell date +%F)
 
-.PHONY: setup run demo-data test mutation-check bench bench-throughput bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
+.PHONY: setup run demo-data convert-proxy-run test mutation-check bench bench-throughput bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
 
-$(STAMP): requirements-dev.txt solution/requirements.txt solution/constraints.txt
+$(STAMP): requirements-dev.txt solution/requirements.txt solution/constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -55,7 +55,7 @@ mutation-check: $(STAMP)
 	$(PY) tools/mutation_check.py --out benchmarks/results/$(DATE)-mutation-check.json
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_bench.py --data $(DATA) --out benchmarks/results
+	PYTHONPATH=tools $(PY) benchmarks/run_bench.py --data $(DATA) --out benchmarks/results
 
 # After `make bench` (they read its run in runs/proxy):
 PROXY_RUN := runs/proxy/artifacts
@@ -103,8 +103,7 @@ bench-robustness: $(STAMP)
 		--proxy-bench $$(ls -t benchmarks/results/[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]-proxy.json | head -1) \
 		--out benchmarks/results/$(DATE)-robustness-proxy.json
 
-explain: $(STAMP)
-	$(PY) explainability/explain.py --artifacts $(PROXY_RUN) --data $(DATA)/data --out explainability/output \
+$(STAMP): requirements-dev.txt solution/requirements.txt solution/constraints.txt pyproject.toml
 		--timeout_seconds 900
 
 report: $(STAMP)

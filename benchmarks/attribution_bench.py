@@ -33,8 +33,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "solution"))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def cpu_name() -> str:

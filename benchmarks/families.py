@@ -21,7 +21,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "solution"))
 
 FAMILIES = ("classical_logistic", "classical_boosting", "tracenet", "tracenet_rgb", "course_baseline")
 

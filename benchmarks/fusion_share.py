@@ -12,18 +12,15 @@ under every perturbation family at moderate strength.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "solution"))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from aidetect.perturb import FAMILIES  # noqa: E402
-from result_files import header, write  # noqa: E402
-from robustness import condition_metrics, load_split, processed_views  # noqa: E402
+from aidetect.perturb import FAMILIES
+from result_files import header, write
+from robustness import condition_metrics, load_split, processed_views
 
 SHARES = (0.0, 0.2, 0.3, 0.5, 0.7, 1.0)
 

@@ -38,8 +38,6 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "solution"))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 VARIANTS = ("packaged", "debiased (real qualities)", "debiased (quality 60-100)")
 SPLITS = ("validation", "validation_augmented", "predict", "predict, flipped", "predict, format-only flip")

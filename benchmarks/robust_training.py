@@ -31,13 +31,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "solution"))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from aidetect.augment import POLICIES, ROBUST  # noqa: E402
-from aidetect.perturb import FAMILIES  # noqa: E402
-from result_files import data_identity, header, write  # noqa: E402
-from robustness import (condition_metrics, load_split, mean_spread, processed_views,  # noqa: E402
+from aidetect.augment import POLICIES, ROBUST
+from aidetect.perturb import FAMILIES
+from result_files import data_identity, header, write
+from robustness import (condition_metrics, load_split, mean_spread, processed_views,
                         retrain_task03)
 
 NARROW = replace(ROBUST, name="robust_narrow", blur_kinds=("gaussian",), codecs=("jpeg",))

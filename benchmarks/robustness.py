@@ -34,24 +34,24 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "solution"))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from aidetect.augment import ROBUST, TRAINING_FAMILIES, without  # noqa: E402
-from aidetect.crops import CROP_SIZE, square_crop  # noqa: E402
-from aidetect.dataio import iter_batches  # noqa: E402
-from aidetect.decode import decode_rgb  # noqa: E402
-from aidetect.features import CornerFeatures, corner_features  # noqa: E402
-from aidetect.labels import binary_label  # noqa: E402
-from aidetect.metrics import recall_at_fpr  # noqa: E402
-from aidetect.parallel import ordered_map  # noqa: E402
-from aidetect.paths import pointing_at  # noqa: E402
-from aidetect.perturb import FAMILIES, perturb  # noqa: E402
-from aidetect.progress import progress  # noqa: E402
+from aidetect.augment import ROBUST, TRAINING_FAMILIES, without
+from aidetect.crops import CROP_SIZE, square_crop
+from aidetect.dataio import iter_batches
+from aidetect.decode import decode_rgb
+from aidetect.features import CornerFeatures, corner_features
+from aidetect.labels import binary_label
+from aidetect.metrics import recall_at_fpr
+from aidetect.modelfiles import NETWORK_FILE
+from aidetect.parallel import ordered_map
+from aidetect.paths import pointing_at
+from aidetect.perturb import FAMILIES, perturb
+from aidetect.settings import DETECTION
+from aidetect.progress import progress
 
 SCHEMA_VERSION = 1
 TASKS = ("task02", "task03")
-MAX_FPR = 0.20
+MAX_FPR = DETECTION.max_fpr
 CLEAN = ("clean", 0.0)
 
 
@@ -170,7 +170,7 @@ def retrain_task03(source: Path, artifacts: Path, data_root: Path, view_policy, 
             prepare_split("train", load_or_build_recipe(deadline), seed=info["seed"], deadline=deadline,
                           limit=info["n_planned"], view_share=info["view_share"], view_policy=view_policy)
         train_task("task03", Deadline(seconds, start=time.monotonic()), config,
-                   init_from=task_dir("task02") / "model_best.pt")
+                   init_from=task_dir("task02") / NETWORK_FILE)
     return artifacts
 
 

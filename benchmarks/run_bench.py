@@ -1,6 +1,6 @@
 """The proxy benchmark (docs/proxy.md): everything the detector issue must show, in one run.
 
-    python benchmarks/run_bench.py --data DATA_ROOT --out benchmarks/results
+    PYTHONPATH=tools python benchmarks/run_bench.py --data DATA_ROOT --out benchmarks/results
 
 1. the course reference runtime (docs/contract.md), measured first, on the same machine;
 2. the packaged six-stage pipeline through the grading harness with the official
@@ -26,12 +26,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from flipped import PARTS, VARIANTS, make_flipped  # noqa: E402
-from grade import grade, score_predictions, validate_predictions, read_predict_ids  # noqa: E402
-from result_files import data_identity, describe_data, portable  # noqa: E402
+from flipped import PARTS, VARIANTS, make_flipped
+from grade import grade, score_predictions, validate_predictions, read_predict_ids
+from result_files import data_identity, describe_data, portable
 
 
 def step(title: str) -> None:

@@ -29,8 +29,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "solution"))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 TASKS = ("task02", "task03")
 UNDER_PROCESSING = "calibration + calibration_augmented + calibration reals under processing"

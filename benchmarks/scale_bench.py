@@ -1,7 +1,7 @@
 """Does the pipeline scale? The six stages on the proxy and on a 10x copy of it, with full and tight timeouts.
 
-    python benchmarks/scale_bench.py --data DATA_ROOT                       # 1x and 10x, timeouts x1 and x0.1
-    python benchmarks/scale_bench.py --data demo --factors 2 --timeout-scales 0.05 --out runs/scale   # smoke check
+    PYTHONPATH=tools python benchmarks/scale_bench.py --data DATA_ROOT                       # 1x and 10x, timeouts x1 and x0.1
+    PYTHONPATH=tools python benchmarks/scale_bench.py --data demo --factors 2 --timeout-scales 0.05 --out runs/scale   # smoke check
 
 For every factor the dataset is replicated: copy 0 is the original file, copy k
 is the same image flipped or rotated (the eight symmetries of the square, then
@@ -38,11 +38,9 @@ import pyarrow.parquet as pq
 from PIL import Image, JpegImagePlugin
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from grade import _atomic_write_text, _cpu_model, _git_info, grade  # noqa: E402
-from result_files import data_identity, describe_data, portable  # noqa: E402
+from grade import _atomic_write_text, _cpu_model, _git_info, grade
+from result_files import data_identity, describe_data, portable
 
 SPLITS = ("train", "calibration", "calibration_augmented", "validation", "validation_augmented", "predict")
 SYMMETRIES = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180,

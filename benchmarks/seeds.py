@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 TASKS = ("task02", "task03")
 SPLITS = ("validation", "validation_augmented")

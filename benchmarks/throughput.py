@@ -39,10 +39,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from aidetect.modelfiles import CLASSICAL_FILE, NETWORK_FILE
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 STAGES = (("predict", "task02"), ("predict_augmented", "task03"))
-DETECTOR_FILES = ("detector.json", "fallback.pkl", "model_best.pt")
+DETECTOR_FILES = ("detector.json", CLASSICAL_FILE, NETWORK_FILE)
 
 
 def proxy_images(folder: Path) -> tuple[list[bytes], str]:

@@ -2,12 +2,6 @@
 
 Entry point: ``python explainability/explain.py --help``. Everything here reads the
 artifacts of a pipeline run (checkpoints, prepared crops, metadata) and never trains.
-The modules import the pipeline's own package, ``solution/aidetect``; this is the
-one place that puts it on the import path.
+The modules import the pipeline's own package, ``aidetect`` (``solution/aidetect``),
+installed with this one by ``pip install -e .`` (``pyproject.toml``).
 """
-import sys
-from pathlib import Path
-
-SOLUTION = Path(__file__).resolve().parents[1] / "solution"
-if str(SOLUTION) not in sys.path:
-    sys.path.insert(0, str(SOLUTION))

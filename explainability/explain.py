@@ -34,21 +34,18 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "solution"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
-from aidetect.budget import Deadline, configure_threads  # noqa: E402
-from aidetect.dataio import write_json  # noqa: E402
-from aidetect.errors import PipelineError  # noqa: E402
-from aidetect.labels import binary_label  # noqa: E402
-from aidetect.metrics import detection_metrics  # noqa: E402
-from aidetect.paths import pointing_at  # noqa: E402
+from aidetect.budget import Deadline, configure_threads
+from aidetect.dataio import write_json
+from aidetect.errors import PipelineError
+from aidetect.labels import binary_label
+from aidetect.metrics import detection_metrics
+from aidetect.paths import pointing_at
 
-from benchmarks.result_files import data_identity, describe_data, portable  # noqa: E402
-from explainability import attributions, audit, figures  # noqa: E402
-from explainability.discussion import write_discussion  # noqa: E402
-from explainability.loading import TaskModel, ValidationSet, load_task_model, load_validation  # noqa: E402
+from aidetect.provenance import data_identity, describe_data, portable
+from explainability import attributions, audit, figures
+from explainability.discussion import write_discussion
+from explainability.loading import TaskModel, ValidationSet, load_task_model, load_validation
 
 log = logging.getLogger("explain")
 

@@ -24,17 +24,13 @@ from pathlib import Path
 
 REPORT_DIR = Path(__file__).resolve().parent
 REPO = REPORT_DIR.parent
-for _path in (REPORT_DIR, REPO / "solution"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from builder.fmt import NOT_AVAILABLE, NOT_RUN, fmt_interval, fmt_rate  # noqa: E402,F401
-from builder.markup import escape_typst, inline_markdown, markdown_to_typst, typst_string  # noqa: E402,F401
-from builder.render import (MAX_PAGES, TEMPLATE, ReportError, placeholder_problems, read_team,  # noqa: E402,F401
+from builder.fmt import NOT_AVAILABLE, NOT_RUN, fmt_interval, fmt_rate  # noqa: F401
+from builder.markup import escape_typst, inline_markdown, markdown_to_typst, typst_string  # noqa: F401
+from builder.render import (MAX_PAGES, TEMPLATE, ReportError, placeholder_problems, read_team,  # noqa: F401
                             template_body_size)
-from builder.render import build_report as _build  # noqa: E402
-from builder.results import UNDER_PROCESSING_RULE, missing_inputs  # noqa: E402,F401
-from builder.sections import SAME_RULE_VALUES, same_rule_section  # noqa: E402,F401
+from builder.render import build_report as _build
+from builder.results import UNDER_PROCESSING_RULE, missing_inputs  # noqa: F401
+from builder.sections import SAME_RULE_VALUES, same_rule_section  # noqa: F401
 
 DEFAULT_BUILD = REPORT_DIR / "build"
 

@@ -15,16 +15,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SOLUTION = REPO / "solution"
-for path in (SOLUTION, REPO / "tools", REPO):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 

@@ -47,6 +47,11 @@ def stage_env(data_dir: Path, artifacts_dir: Path) -> dict:
     return env
 
 
+def package_env(env: dict | None = None) -> dict:
+    """``env`` (default: this process's) in which a script anywhere imports the package from ``solution/``."""
+    return dict(os.environ if env is None else env, PYTHONPATH=str(SOLUTION))
+
+
 def vm_hwm_mb(pid: int | str) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -136,7 +141,9 @@ def task_detector_only(src: Path, dst: Path, task: str = "task02") -> Path:
     """An artifacts folder holding only the trained detector of ``task`` (no old predictions)."""
     folder = dst / task
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("detector.json", "fallback.pkl", "model_best.pt"):
+    from aidetect.modelfiles import CLASSICAL_FILE, NETWORK_FILE
+
+    for name in ("detector.json", CLASSICAL_FILE, NETWORK_FILE):
         if (src / task / name).exists():
             shutil.copy2(src / task / name, folder / name)
     return dst

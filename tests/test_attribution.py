@@ -40,6 +40,7 @@ from aidetect.attribution import (  # noqa: E402  (conftest puts solution/ on th
     select_outlier_score,
 )
 from aidetect.calibration import calibrate_threshold  # noqa: E402
+from aidetect.modelfiles import NETWORK_FILE  # noqa: E402
 from aidetect.paths import pointing_at  # noqa: E402
 
 ALLOWED_LABELS = {"real", "generator_1", "generator_2", "generator_3", "generator_4", "generator_5", "outlier"}
@@ -121,7 +122,7 @@ def _ensure_network(artifacts: Path) -> str:
     calibration = load_prepared("calibration")
     real = np.asarray(calibration.crops[calibration.source_class == 0])
     threshold = calibrate(score_crops(model, real), MAX_FPR, DELTA)
-    save_detector_description("task02", "network", "model_best.pt", threshold, {"arch": config.arch})
+    save_detector_description("task02", "network", NETWORK_FILE, threshold, {"arch": config.arch})
     return load_network()[0]
 
 

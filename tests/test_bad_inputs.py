@@ -24,8 +24,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from stagerun import (SOLUTION, assert_complete, encode, fresh_artifacts, noise_image, run_stage, write_labelled_file,
-                      write_predict_file)
+from stagerun import (SOLUTION, assert_complete, encode, fresh_artifacts, noise_image, package_env, run_stage,
+                      write_labelled_file, write_predict_file)
 
 from aidetect.budget import Deadline
 from aidetect.decode import MAX_PIXELS, decode_rgb
@@ -186,7 +186,6 @@ def test_a_jpeg_without_its_end_marker_is_refused_as_truncated():
 
 BOMB_PROBE = textwrap.dedent("""
     import sys, time
-    sys.path.insert(0, {solution!r})
     from aidetect.decode import decode_rgb
     from aidetect.errors import DecodeError
     def hwm():
@@ -213,7 +212,7 @@ def test_decompression_bomb_is_refused_fast_and_in_little_memory(tmp_path, width
     script = tmp_path / "probe.py"
     script.write_text(BOMB_PROBE.format(solution=str(SOLUTION)))
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "bomb.png")], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=60, env=package_env())
     assert result.returncode == 0, result.stderr
     outcome, numbers = result.stdout.strip().splitlines()[-2:]
     seconds, extra_mb = map(float, numbers.split())
@@ -234,7 +233,6 @@ def test_the_header_scan_of_clean_py_refuses_bombs_too(width, height):
 
 STRIP_PROBE = textwrap.dedent("""
     import sys
-    sys.path.insert(0, {solution!r})
     from PIL import Image
     import io, numpy as np
     from aidetect.decode import decode_rgb
@@ -254,7 +252,8 @@ STRIP_PROBE = textwrap.dedent("""
 def test_a_thin_strip_is_cropped_without_blowing_up_memory(tmp_path):
     script = tmp_path / "strip.py"
     script.write_text(STRIP_PROBE.format(solution=str(SOLUTION)))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                            env=package_env())
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.split()[-1]) < 100, f"cropping a 1000x1 image took {result.stdout.split()[-1]} MB"
 

@@ -148,17 +148,18 @@ def test_ordered_map_survives_a_killed_worker_without_hanging_or_losing_items():
 def test_load_model_refuses_a_checkpoint_that_lacks_an_architecture_field(tmp_path):
     from dataclasses import asdict
 
+    from aidetect.modelfiles import save_network
     from aidetect.training import TrainConfig, load_model
 
     config = TrainConfig(arch="tracenet", width=8)
     model = build_model("tracenet", **config.model_kwargs())
     fields = asdict(config)
-    torch.save({"arch": "tracenet", "config": fields, "model": model.state_dict()}, tmp_path / "ok.pt")
-    assert load_model(tmp_path / "ok.pt") is not None
+    save_network(tmp_path / "ok.safetensors", model.state_dict(), {"arch": "tracenet", "config": fields})
+    assert load_model(tmp_path / "ok.safetensors") is not None
     del fields["stem_stride"]  # as saved by code from before the field existed
-    torch.save({"arch": "tracenet", "config": fields, "model": model.state_dict()}, tmp_path / "old.pt")
+    save_network(tmp_path / "old.safetensors", model.state_dict(), {"arch": "tracenet", "config": fields})
     with pytest.raises(PipelineError, match="stem_stride"):
-        load_model(tmp_path / "old.pt")
+        load_model(tmp_path / "old.safetensors")
 
 
 def _resident_mb() -> float:

@@ -2,7 +2,6 @@
 import hashlib
 import io
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import make_demo_data  # noqa: E402
+import make_demo_data
 
 LABELLED = ["train", "calibration", "calibration_augmented", "validation", "validation_augmented"]
 BASE = ["train", "calibration", "validation", "predict"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "solution"))
 
-from aidetect.budget import Deadline  # noqa: E402
-from aidetect.explore import estimate_jpeg_quality, ijg_table, image_metadata, run_exploration  # noqa: E402
+from aidetect.budget import Deadline
+from aidetect.explore import estimate_jpeg_quality, ijg_table, image_metadata, run_exploration
 
 REAL_SIZES = [(96, 64), (80, 60), (120, 72), (64, 96), (100, 75), (90, 60), (72, 54), (110, 70)]
 FIGURES = ("class_distribution.png", "size_scatter.png", "aspect_filesize_hist.png", "format_mode_share.png",

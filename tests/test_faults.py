@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from stagerun import (SOLUTION, assert_complete, encode, fresh_artifacts, kill, noise_image, run_stage, start_stage,
-                      wait_for, write_labelled_file, write_predict_file)
+from stagerun import (SOLUTION, assert_complete, encode, fresh_artifacts, kill, noise_image, package_env, run_stage,
+                      start_stage, wait_for, write_labelled_file, write_predict_file)
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -292,7 +292,6 @@ def png16_ramp(size: int) -> bytes:
 
 DECODE_PROBE = textwrap.dedent("""
     import sys, time
-    sys.path.insert(0, {solution!r})
     import numpy as np
     from aidetect.decode import decode_rgb
     def hwm():
@@ -313,7 +312,7 @@ def test_a_small_16_bit_png_of_40_megapixels_decodes_in_bounded_memory(tmp_path)
     (tmp_path / "grey16.png").write_bytes(data)
     (tmp_path / "probe.py").write_text(DECODE_PROBE.format(solution=str(SOLUTION)))
     result = subprocess.run([sys.executable, str(tmp_path / "probe.py"), str(tmp_path / "grey16.png")],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, env=package_env())
     assert result.returncode == 0, result.stderr[-3000:]
     ok, seconds, extra_mb = result.stdout.split()
     assert ok == "True"
@@ -471,7 +470,7 @@ def test_training_data_that_cannot_train_stops_training_with_one_line(tmp_path, 
     artifacts = tmp_path / "artifacts"
     stale = artifacts / "task02" / "detector.json"  # an earlier run's detector, trained on other data
     stale.parent.mkdir(parents=True)
-    stale.write_text('{"kind": "classical", "weights": "fallback.pkl"}')
+    stale.write_text('{"kind": "classical", "weights": "fallback.json"}')
     guard = WritesOnlyArtifacts(tmp_path, artifacts)
 
     prepared = run_stage("prepare", data, artifacts, timeout=60, limit=300)

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
-from stagerun import SOLUTION, task_detector_only
+from stagerun import SOLUTION, package_env, task_detector_only
 
 from aidetect.budget import Deadline
 from aidetect.cleaning import prepare_split
@@ -128,7 +128,6 @@ def test_prepare_is_deterministic_across_processes(demo_run, demo_root, tmp_path
 
 TRAIN_IN_A_PROCESS = textwrap.dedent("""
     import sys, time
-    sys.path.insert(0, {solution!r})
     import numpy as np, torch
     from aidetect.budget import Deadline
     from aidetect.cleaning import PreparedSplit, load_prepared
@@ -151,7 +150,7 @@ def test_training_twice_in_two_processes_gives_identical_models_and_scores(demo_
     randomisation) would pass a check inside one process and fail here."""
     script = tmp_path / "train_once.py"
     script.write_text(TRAIN_IN_A_PROCESS.format(solution=str(SOLUTION)))
-    env = dict(os.environ, AMLS_ARTIFACTS_DIR=str(demo_run["artifacts"]), PYTHONHASHSEED="random")
+    env = package_env(dict(os.environ, AMLS_ARTIFACTS_DIR=str(demo_run["artifacts"]), PYTHONHASHSEED="random"))
     env.pop("AMLS_SEED", None)
     runs = []
     for run in ("a", "b"):

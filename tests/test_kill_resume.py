@@ -28,6 +28,7 @@ from aidetect.budget import Deadline
 from aidetect.cleaning import PreparedSplit, load_prepared
 from aidetect.dataio import write_json
 from aidetect.detector import TASK02_CONFIG, load_detector
+from aidetect.modelfiles import NETWORK_FILE, load_checkpoint, load_network_file
 from aidetect.training import _load_resumable, fit
 
 TRAIN_TIMEOUT = 300  # enough for the network to start on the small prepared set, also on a busy machine
@@ -111,10 +112,11 @@ def test_sigterm_after_the_fallback_leaves_the_fallback_usable(demo_root, artifa
 
 
 def _load_every_checkpoint(folder: Path) -> dict[str, dict]:
-    loaded = {}
-    for path in sorted(folder.glob("*.pt")):
-        loaded[path.name] = torch.load(path, weights_only=False, map_location="cpu")
-        assert "model" in loaded[path.name]
+    """The resume checkpoint and the best network's metadata, each read the safe way."""
+    loaded = {path.name: load_checkpoint(path) for path in sorted(folder.glob("*.pt"))}
+    assert all("model" in checkpoint for checkpoint in loaded.values())
+    if (folder / NETWORK_FILE).exists():
+        loaded[NETWORK_FILE] = load_network_file(folder / NETWORK_FILE)[1]
     return loaded
 
 
@@ -127,7 +129,7 @@ def test_kill_during_network_training_then_predict_and_resume(demo_root, artifac
     kill(proc, signal.SIGKILL)
 
     checkpoints = _load_every_checkpoint(folder)
-    assert {"checkpoint_last.pt", "model_best.pt"} <= set(checkpoints)
+    assert {"checkpoint_last.pt", NETWORK_FILE} <= set(checkpoints)
     assert json.loads((folder / "detector.json").read_text())["kind"] == "classical"  # network not calibrated yet
     _, _, report = predict_after_kill(demo_root, artifacts, predict_ids)
     assert report["detector"] == "classical"
@@ -149,7 +151,7 @@ def test_kill_during_network_training_then_predict_and_resume(demo_root, artifac
     detector = load_detector("task02")  # what predict.py loads (a full network predict takes a while)
     assert detector.kind == "fusion" and detector.network is not None
     crops = load_prepared("calibration").crops[:4]
-    assert set(detector.predict(np.asarray(crops)).tolist()) <= {0, 1}
+    assert set(detector.label_single_crops(np.asarray(crops)).tolist()) <= {0, 1}
 
 
 def test_a_checkpoint_write_cut_short_restarts_training_cleanly(artifacts, monkeypatch, caplog):
@@ -174,7 +176,7 @@ def test_a_checkpoint_write_cut_short_restarts_training_cleanly(artifacts, monke
     assert result.epochs_run >= 1 and result.history[0]["epoch"] == 1
     checkpoints = _load_every_checkpoint(folder)
     assert checkpoints["checkpoint_last.pt"]["state"]["epoch"] == result.epochs_run
-    assert checkpoints["model_best.pt"]["epoch"] == result.best_epoch
+    assert checkpoints[NETWORK_FILE]["epoch"] == result.best_epoch
 
 
 def test_fallback_subsamples_its_training_set_to_fit_a_short_budget(demo_run, tmp_path, monkeypatch):

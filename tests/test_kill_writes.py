@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stagerun import (SOLUTION, assert_complete, encode, fresh_artifacts, kill, run_stage,
+from stagerun import (SOLUTION, assert_complete, encode, fresh_artifacts, kill, package_env, run_stage,
                       stage_env, start_stage, wait_for, write_predict_file)
 
 
@@ -82,7 +82,6 @@ def test_predict_killed_at_any_moment_leaves_every_row_labelled_once(moment, det
 
 DIE_MID_WRITE = textwrap.dedent("""
     import io, os, pathlib, signal, sys, time
-    sys.path.insert(0, {solution!r})
     scenario, nth = sys.argv[1], int(sys.argv[2])
     calls = {{"n": 0}}
 
@@ -114,7 +113,7 @@ DIE_MID_WRITE = textwrap.dedent("""
         from aidetect.detector import save_detector_description
         for value in (1.5, 2.5):
             threshold = Threshold(value, 0.2, 0.95, 40, 38, 0.05, True)
-            save_detector_description("task02", "classical", "fallback.pkl", threshold, {{"train_images": 10}})
+            save_detector_description("task02", "classical", "fallback.json", threshold, {{"train_images": 10}})
     elif scenario == "checkpoint":
         import torch
         original_save = torch.save
@@ -139,7 +138,8 @@ DIE_MID_WRITE = textwrap.dedent("""
 def die_mid_write(scenario: str, nth: int, data: Path, artifacts: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     script = tmp_path / "die_mid_write.py"
     script.write_text(DIE_MID_WRITE.format(solution=str(SOLUTION)))
-    result = subprocess.run([sys.executable, str(script), scenario, str(nth)], env=stage_env(data, artifacts),
+    result = subprocess.run([sys.executable, str(script), scenario, str(nth)],
+                            env=package_env(stage_env(data, artifacts)),
                             capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == -signal.SIGKILL, (
         f"the write was not reached (exit {result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
@@ -175,5 +175,5 @@ def test_a_kill_while_a_checkpoint_is_rewritten_leaves_the_previous_checkpoint(t
 
     artifacts = tmp_path / "artifacts"
     die_mid_write("checkpoint", 2, tmp_path / "data", artifacts, tmp_path)
-    checkpoint = torch.load(artifacts / "task02" / "checkpoint_last.pt", weights_only=False)
+    checkpoint = torch.load(artifacts / "task02" / "checkpoint_last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 1 and torch.equal(checkpoint["model"]["w"], torch.full((64, 64), 1.0))

@@ -32,6 +32,7 @@ from stagerun import (SOLUTION, assert_complete, fallback_inputs, fresh_artifact
 
 from aidetect.budget import Deadline
 from aidetect.metrics import clopper_pearson
+from aidetect.modelfiles import NETWORK_FILE, load_network_file
 
 MAX_FPR = 0.20
 # One-sided 95 % lower Clopper-Pearson bound: the two-sided 90 % interval's lower end. A true FPR of at most
@@ -199,7 +200,7 @@ class _FirstStep(Exception):
 
 
 def test_task03_training_starts_from_the_task02_best_weights(demo_run, tmp_path, monkeypatch):
-    """train_augmented's first training step sees exactly the weights of task02/model_best.pt."""
+    """train_augmented's first training step sees exactly the weights of task02/model_best.safetensors."""
     import torch
 
     from aidetect import detector, stages, training
@@ -224,7 +225,7 @@ def test_task03_training_starts_from_the_task02_best_weights(demo_run, tmp_path,
     with pytest.raises(_FirstStep):
         stages.train_augmented(Deadline(1800, start=time.monotonic()))
 
-    task02 = torch.load(artifacts / "task02" / "model_best.pt", weights_only=False)["model"]
+    task02 = load_network_file(artifacts / "task02" / NETWORK_FILE)[0]
     assert seen["weights"].keys() == task02.keys()
     assert all(torch.equal(seen["weights"][k], task02[k]) for k in task02)
     # ... and not by chance: a freshly initialised network differs.

@@ -20,11 +20,9 @@ import pytest
 from pypdf import PdfReader
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "report") not in sys.path:
-    sys.path.insert(0, str(REPO / "report"))
 
-import build_report as br  # noqa: E402
-from builder import explain_synthesis, results, story, targets  # noqa: E402
+import build_report as br
+from builder import explain_synthesis, results, story, targets
 
 RESULTS = REPO / "benchmarks" / "results"
 PROXY_RUN = "2026-12-01-proxy"  # the run whose metrics and exploration are committed beside its results

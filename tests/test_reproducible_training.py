@@ -24,6 +24,7 @@ from aidetect import detector
 from aidetect.budget import Deadline
 from aidetect.cleaning import load_prepared
 from aidetect.detector import TASK02_CONFIG, fit_time_bound_decisions
+from aidetect.modelfiles import CLASSICAL_FILE, NETWORK_FILE, load_network_file
 from aidetect.training import FitResult, stratified_holdout
 
 TRAIN_TIMEOUT = 1800  # the official budget: on the demo data the deadline is far from binding
@@ -95,11 +96,11 @@ def test_train_gives_the_same_model_on_a_quiet_and_on_a_loaded_machine(small_pre
         assert [d for d in m["time_bound_decisions"] if d["stage"] != "prepare"] == [], f"{name} run"
         assert m["detector"] == "fusion", f"{name} run kept the {m['detector']} detector"
 
-    weights = [torch.load(a / "task02" / "model_best.pt", weights_only=False) for a in (quiet, loaded)]
-    assert weights[0]["epoch"] == weights[1]["epoch"]
-    assert weights[0]["model"].keys() == weights[1]["model"].keys()
-    assert all(torch.equal(weights[0]["model"][k], weights[1]["model"][k]) for k in weights[0]["model"])
-    assert (quiet / "task02" / "fallback.pkl").read_bytes() == (loaded / "task02" / "fallback.pkl").read_bytes()
+    weights = [load_network_file(a / "task02" / NETWORK_FILE) for a in (quiet, loaded)]
+    assert weights[0][1]["epoch"] == weights[1][1]["epoch"]
+    assert weights[0][0].keys() == weights[1][0].keys()
+    assert all(torch.equal(weights[0][0][k], weights[1][0][k]) for k in weights[0][0])
+    assert (quiet / "task02" / CLASSICAL_FILE).read_bytes() == (loaded / "task02" / CLASSICAL_FILE).read_bytes()
     for key in ("threshold", "splits", "classical_splits", "network_splits", "fusion"):
         assert metrics["quiet"][key] == metrics["loaded"][key], key
     predictions = [predict_in_process(demo_root, task_detector_only(a, a.parent / "predict"), monkeypatch)

@@ -1,12 +1,10 @@
 """The robustness comparison runs (benchmarks/robustness.py) on the demo run: scored as predict scores, with targets."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import robustness  # noqa: E402
+import robustness
 
 
 def test_robustness_bench_scores_families_as_predict_does_and_lists_its_targets(demo_run, tmp_path):

@@ -1,10 +1,8 @@
 """The same-rule comparison of Task 2 and Task 3 (benchmarks/same_calibration.py) on the demo run's artifacts."""
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import same_calibration  # noqa: E402
+import same_calibration
 
 
 def test_each_task_own_rule_reproduces_its_packaged_threshold(demo_run, tmp_path, monkeypatch):

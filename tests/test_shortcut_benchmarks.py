@@ -1,14 +1,12 @@
 """The shortcut flip of the benchmark (and its two halves), and the compression-cue benchmark's debiasing."""
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from flipped import PARTS, VARIANTS, flip_image  # noqa: E402
-import jpeg_bias  # noqa: E402
+from flipped import PARTS, VARIANTS, flip_image
+import jpeg_bias
 
 
 def encode(array: np.ndarray, fmt: str) -> bytes:

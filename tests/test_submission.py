@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "tools") not in sys.path:
-    sys.path.insert(0, str(REPO / "tools"))
 
-import make_submission as ms  # noqa: E402
+import make_submission as ms
 
 
 @pytest.fixture

@@ -139,8 +139,7 @@ BREAKAGES = [
         [f"{PROMISES}::test_an_exhausted_deadline_still_labels_every_row_once_and_names_the_unscored_rows"]),
     Breakage(
         "predict-scores-centre-crops-only", "predict scores an image the way its calibration twin was scored",
-        [(DETECTOR, "want_corners = detector is not None and detector.scores_corner_crops",
-          "want_corners = False")],
+        [(DETECTOR, "    want_corners = detector.scores_corner_crops", "    want_corners = False")],
         [f"{PROMISES}::test_predict_labels_are_the_calibrated_threshold_applied_to_the_scores"]),
     Breakage(
         "predictions-file-only-at-the-end", "a kill at any moment after the row ids are read leaves every row labelled",
@@ -148,7 +147,7 @@ BREAKAGES = [
         [KILL_WRITES], keyword="killed_at_any_moment"),
     Breakage(
         "task03-trains-from-scratch", "Task 3 continues from the Task-2 checkpoint",
-        [("solution/aidetect/stages.py", 'init_from=task_dir("task02") / "model_best.pt"', "init_from=None")],
+        [("solution/aidetect/stages.py", 'init_from=task_dir("task02") / NETWORK_FILE', "init_from=None")],
         [f"{PROMISES}::test_task03_training_starts_from_the_task02_best_weights"]),
 ]
 
@@ -373,8 +372,7 @@ def save(out: Path, argv, load_before, baseline: dict, results: list[dict]) -> d
         "not_checked": [r["name"] for r in results if r["result"] not in ("killed", "survived")],
         "breakages": results,
     }
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from result_files import portable  # a committed result names no machine path
+    from aidetect.provenance import portable  # a committed result names no machine path
 
     record = portable(record)
     out.parent.mkdir(parents=True, exist_ok=True)

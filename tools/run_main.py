@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
-from grade import grade, summary_text  # noqa: E402
+from grade import grade, summary_text
 
 
 def run_optional(title: str, command: list[str]) -> bool:

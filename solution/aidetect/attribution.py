@@ -78,6 +78,8 @@ from .crops import CROP_SIZE, square_crop
 from .dataio import atomic_path, iter_batches, read_row_ids, write_json
 from .decode import decode_rgb
 from .errors import DataError, DecodeError, PipelineError
+from .modelfiles import NETWORK_FILE
+from .settings import DETECTION
 from .features import FEATURE_GROUPS, FEATURE_NAMES, image_features
 from .labels import SOURCE_CLASSES, SOURCE_NAMES
 from .metrics import clopper_pearson
@@ -709,7 +711,7 @@ def load_network(tasks=MODEL_TASKS) -> tuple[str, torch.nn.Module, dict]:
         if detector.network is not None:
             return task, detector.network, detector.info
         # The holdout may have preferred the classical model; the trained network still has an embedding.
-        best = task_dir(task) / "model_best.pt"
+        best = task_dir(task) / NETWORK_FILE
         if best.exists():
             from .training import load_model
 
@@ -1128,8 +1130,9 @@ def evaluate_held_out(held_out: int, train: Embedded, train_labels: np.ndarray, 
 
 def leave_one_generator_out(held_out: int, config, train: PreparedSplit, calibration: dict[str, PreparedSplit],
                             evaluation: dict[str, PreparedSplit], out_dir: Path, deadline: Deadline,
-                            fingerprints: dict[str, np.ndarray] | None = None, binary_max_fpr: float = 0.2,
-                            binary_delta: float = 0.05, w: float = DEFAULT_W) -> dict:
+                            fingerprints: dict[str, np.ndarray] | None = None,
+                            binary_max_fpr: float = DETECTION.max_fpr, binary_delta: float = DETECTION.delta,
+                            w: float = DEFAULT_W) -> dict:
     """Train a network without generator ``held_out``; is it flagged generated, and rejected as an outlier?
 
     (a) the binary detector of the reduced model, calibrated on the real images

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import binom
 
+from .settings import DETECTION
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +52,8 @@ def order_statistic_rank(n: int, max_fpr: float, delta: float) -> int | None:
     return int(ks[feasible[0]]) if feasible.size else None
 
 
-def calibrate_threshold(scores_negative, max_fpr: float = 0.2, delta: float = 0.05) -> Threshold:
+def calibrate_threshold(scores_negative, max_fpr: float = DETECTION.max_fpr,
+                        delta: float = DETECTION.delta) -> Threshold:
     """Threshold on negative-class scores so that P(true FPR > max_fpr) <= delta.
 
     With too few negatives for the rule, falls back to the largest negative
@@ -82,7 +85,8 @@ def calibrate_threshold(scores_negative, max_fpr: float = 0.2, delta: float = 0.
     )
 
 
-def calibrate_on_several(score_sets: dict[str, np.ndarray], max_fpr: float = 0.2, delta: float = 0.05) -> tuple[Threshold, dict]:
+def calibrate_on_several(score_sets: dict[str, np.ndarray], max_fpr: float = DETECTION.max_fpr,
+                         delta: float = DETECTION.delta) -> tuple[Threshold, dict]:
     """One threshold that keeps the bound on each set (e.g. clean and augmented).
 
     Each set gets its own order-statistic threshold at ``delta``; the largest

@@ -99,7 +99,6 @@ def validate_split(folder: Path, labelled: bool, unreadable: list[Unreadable] | 
     file at all is a DataError too.
     """
     files = parquet_files(folder)
-    expected = LABELLED_SCHEMA if labelled else PREDICT_SCHEMA
     readable = []
     for path in files:
         try:
@@ -108,12 +107,17 @@ def validate_split(folder: Path, labelled: bool, unreadable: list[Unreadable] | 
             _warn_unreadable(Unreadable(path, file_name(path, folder), None, 0, 0,
                                         f"not a readable parquet file ({_one_line(exc)})"), unreadable)
             continue
-        for name, kind in expected.items():
-            _check_column(path, schema, name, kind)
+        check_schema(path, schema, labelled)
         readable.append(path)
     if not readable:
         raise DataError(f"split folder {folder}: none of its {len(files)} parquet files is readable")
     return readable
+
+
+def check_schema(path: Path, schema: pa.Schema, labelled: bool) -> None:
+    """A DataError naming the file and column when ``schema`` breaks the data contract of its kind of split."""
+    for name, kind in (LABELLED_SCHEMA if labelled else PREDICT_SCHEMA).items():
+        _check_column(path, schema, name, kind)
 
 
 def count_rows(files: list[Path]) -> int:
@@ -151,24 +155,28 @@ def iter_batches(folder: Path, labelled: bool, batch_size: int = 64,
     say) is skipped from the row where reading failed to its end, with a
     warning naming file and row group, and appended to ``unreadable``.
     """
-    files = validate_split(folder, labelled, unreadable)
+    for path in validate_split(folder, labelled, unreadable):
+        yield from iter_file_batches(path, file_name(path, folder), labelled, batch_size, unreadable)
+
+
+def iter_file_batches(path: Path, name: str, labelled: bool, batch_size: int = 64,
+                      unreadable: list[Unreadable] | None = None) -> Iterator[Batch]:
+    """One parquet file (its schema already checked) in batches, row group by row group, as ``iter_batches``."""
     columns = ["image", "source_class"] if labelled else ["row_id", "image"]
-    for path in files:
-        name = file_name(path, folder)
+    try:
+        reader, spans = pq.ParquetFile(path), row_groups(path)
+    except Exception as exc:
+        _warn_unreadable(Unreadable(path, name, None, 0, 0, _one_line(exc)), unreadable)
+        return
+    for group, (group_first, group_rows) in enumerate(spans):
+        first_row = group_first
         try:
-            reader, spans = pq.ParquetFile(path), row_groups(path)
-        except Exception as exc:
-            _warn_unreadable(Unreadable(path, name, None, 0, 0, _one_line(exc)), unreadable)
-            continue
-        for group, (group_first, group_rows) in enumerate(spans):
-            first_row = group_first
-            try:
-                for record_batch in reader.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns):
-                    yield _batch(record_batch, path, name, first_row, labelled)
-                    first_row += record_batch.num_rows
-            except Exception as exc:  # Arrow raises OSError, ArrowInvalid, ... for damaged pages
-                _warn_unreadable(Unreadable(path, name, group, first_row, group_first + group_rows - first_row,
-                                            _one_line(exc)), unreadable)
+            for record_batch in reader.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns):
+                yield _batch(record_batch, path, name, first_row, labelled)
+                first_row += record_batch.num_rows
+        except Exception as exc:  # Arrow raises OSError, ArrowInvalid, ... for damaged pages
+            _warn_unreadable(Unreadable(path, name, group, first_row, group_first + group_rows - first_row,
+                                        _one_line(exc)), unreadable)
 
 
 def _batch(record_batch: pa.RecordBatch, path: Path, name: str, first_row: int, labelled: bool) -> Batch:

@@ -10,7 +10,7 @@ detector behind.
 from __future__ import annotations
 
 import logging
-import pickle
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,26 +23,27 @@ from .classical import ClassicalDetector
 from .cleaning import (SHIFT_DIR, PreparedSplit, load_prepared, prepared_splits, prepared_time_bound_decisions,
                        shift_split, shift_splits_present)
 from .crops import CROP_SIZE, square_crop
-from .dataio import (UNKNOWN_ROW_ID, Unreadable, atomic_path, iter_batches, known_row_ids, read_json, row_ids_by_file,
+from .dataio import (UNKNOWN_ROW_ID, Unreadable, iter_batches, known_row_ids, read_json, row_ids_by_file,
                      write_json, write_predictions)
 from .decode import decode_rgb
 from .errors import DataError, DecodeError, PipelineError
 from .labels import BINARY_NAMES, binary_label
 from .metrics import detection_metrics
+from .modelfiles import CLASSICAL_FILE, NETWORK_FILE, load_classical, load_network_file, save_classical
 from .parallel import ordered_map
 from .paths import PREDICT_SPLIT, predictions_path, prepared_dir, split_dir, task_dir
 from .progress import progress
 from .features import FEATURE_NAMES, CornerFeatures, batch_features, corner_features
 from .models import build_model
 from .perturb import calibration_families
-from .settings import run_seed
+from .settings import DETECTION
 from .training import FitResult, TrainConfig, fit, load_model, score_crops, stratified_holdout
 
 log = logging.getLogger(__name__)
 
-MAX_FPR = 0.20
-DELTA = 0.05  # P(true FPR > MAX_FPR) <= DELTA
-SEED = run_seed()
+MAX_FPR = DETECTION.max_fpr
+DELTA = DETECTION.delta  # P(true FPR > MAX_FPR) <= DELTA
+SEED = DETECTION.seed
 
 # TraceNet sees the high-pass residuals only, not the colour image: on the proxy, on the quiet machine, the
 # colour input cost validation AUC (0.858 with it, 0.941 without, same seed and data, families of the
@@ -140,8 +141,44 @@ class Detector:
         """Whether the threshold was calibrated on corner-crop scores, so images must be scored that way too."""
         return self.info.get("classical_crops") == CROP_MODES[True]
 
-    def predict(self, crops: np.ndarray) -> np.ndarray:
+    def label_single_crops(self, crops: np.ndarray) -> np.ndarray:
+        """Labels of centre crops scored alone: NOT how the threshold was calibrated when the detector scores
+        corner crops (``scores_corner_crops``), so the FPR bound does not hold for them. For images, use
+        ``predict_images``."""
         return self.threshold.predict(self.score(crops))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Detector":
+        """The detector a folder's ``detector.json`` describes (a task folder of artifacts, or a shipped model)."""
+        folder = Path(folder)
+        path = folder / "detector.json"
+        if not path.exists():
+            raise PipelineError(f"no trained detector at {path}")
+        description = read_json(path)
+        threshold = Threshold(**description["threshold"])
+        kind = description["kind"]
+        if kind == "network":
+            scorer = load_model(folder / description["weights"])
+        elif kind == "fusion":
+            fusion = description["fusion"]
+            scorer = FusedScorer(load_model(folder / description["weights"]),
+                                 load_classical(folder / fusion["classical"]), fusion["weight"], fusion["stats"])
+        else:
+            scorer = load_classical(folder / description["weights"])
+        return cls(kind, scorer, threshold, description)
+
+    def predict_images(self, images, deadline: Deadline | None = None, desc: str = "score") -> list["ImagePrediction"]:
+        """Score and label encoded images (bytes, or paths of image files) exactly as the predict stages do.
+
+        Each image is decoded, cut into its centre crop and, when the threshold
+        was calibrated that way, its corner crops' features, and labelled at the
+        calibrated threshold. One ``ImagePrediction`` per image, in order; an
+        image that cannot be read or decoded gets its error, never a label.
+        """
+        images = list(images)
+        results = {p.key: p for p in predict_encoded(self, enumerate(images), len(images), desc, deadline)}
+        return [results.get(i, ImagePrediction(i, None, None, "not scored: the time budget ran out"))
+                for i in range(len(images))]
 
 
 def save_detector_description(task: str, kind: str, weights: str, threshold: Threshold, extra: dict) -> None:
@@ -149,28 +186,8 @@ def save_detector_description(task: str, kind: str, weights: str, threshold: Thr
                {"kind": kind, "weights": weights, "threshold": threshold.to_dict(), **extra})
 
 
-def _load_pickle(path: Path):
-    with open(path, "rb") as handle:
-        return pickle.load(handle)
-
-
 def load_detector(task: str) -> Detector:
-    folder = task_dir(task)
-    path = folder / "detector.json"
-    if not path.exists():
-        raise PipelineError(f"no trained detector at {path}")
-    description = read_json(path)
-    threshold = Threshold(**description["threshold"])
-    kind = description["kind"]
-    if kind == "network":
-        scorer = load_model(folder / description["weights"])
-    elif kind == "fusion":
-        fusion = description["fusion"]
-        scorer = FusedScorer(load_model(folder / description["weights"]), _load_pickle(folder / fusion["classical"]),
-                             fusion["weight"], fusion["stats"])
-    else:
-        scorer = _load_pickle(folder / description["weights"])
-    return Detector(kind, scorer, threshold, description)
+    return Detector.load(task_dir(task))
 
 
 # --- training a task ----------------------------------------------------------------
@@ -366,21 +383,15 @@ def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: d
         if name not in scores and time.monotonic() - t0 + per_crop * len(data) < budget:
             scores[name] = classical_split_scores(model, data, corners)
     threshold, per_set = _calibrate(scores, {n: d.source_class for n, d in splits.items()}, task, exclude_families)
-    with atomic_path(task_dir(task) / "fallback.pkl") as tmp, open(tmp, "wb") as handle:
-        pickle.dump(model, handle)
-    save_detector_description(task, "classical", "fallback.pkl", threshold,
+    save_classical(task_dir(task) / CLASSICAL_FILE, model)
+    save_detector_description(task, "classical", CLASSICAL_FILE, threshold,
                               {"calibration_sets": per_set, "fit_seconds": time.monotonic() - t0,
                                "train_images": int(len(indices)), "classical_crops": CROP_MODES[corners]})
     log.info("fallback classical detector ready in %.1fs (threshold %.3f)", time.monotonic() - t0, threshold.value)
     return model, scores
 
 
-# The network's share of the fused score. It cannot be fitted on the holdout, which also chose the
-# network's best epoch and so flatters it. Checked on a holdout carved from the proxy's train split
-# (``benchmarks/robust_training.py``, Task 3 with the broad processing policy): shares 0.2 / 0.3 / 0.5 gave
-# worst FPR over the never-trained perturbation families 0.114 / 0.203 / 0.418 and mean ROC AUC over all
-# families 0.858 / 0.865 / 0.868; the network alone is the part that reads strong noise as generated.
-FUSION_WEIGHT = 0.3
+FUSION_WEIGHT = DETECTION.fusion_weight  # why 0.3: see ``settings.DetectionSettings``
 
 
 def fusion_stats(network, classical: ClassicalDetector, train: PreparedSplit, holdout: np.ndarray) -> dict:
@@ -469,9 +480,7 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     init_state = None
     if init_from is not None:
         if init_from.exists():
-            import torch
-
-            init_state = torch.load(init_from, weights_only=False)["model"]
+            init_state = load_network_file(init_from)[0]
             time_bound += inherited_time_bound_decisions(init_from.parent / "metrics.json", time_bound)
         else:
             log.warning("no checkpoint at %s to continue from; training from scratch", init_from)
@@ -486,11 +495,12 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
     if fit_result is not None:
         time_bound += fit_time_bound_decisions(task, config, fit_result)
 
-    metrics = {"task": task, "seed": config.seed, "config": asdict(config), "train_images": len(train),
+    metrics = {"task": task, "seed": config.seed, "settings": asdict(DETECTION), "config": asdict(config),
+               "train_images": len(train),
                "fit": asdict(fit_result) if fit_result else None,
                "classical_splits": evaluate_scores(classical_scores, splits, classical_threshold)}
     kind, threshold, final_scores = "classical", classical_threshold, classical_scores
-    if network is not None and (task_dir(task) / "model_best.pt").exists():
+    if network is not None and (task_dir(task) / NETWORK_FILE).exists():
         # In split order whichever the fallback had time to score, so metrics.json does not vary with the load.
         classical_scores = {name: classical_scores[name] if name in classical_scores
                             else classical_split_scores(classical, data, corners) for name, data in splits.items()}
@@ -505,9 +515,9 @@ def train_task(task: str, deadline: Deadline, config: TrainConfig, init_from: Pa
         metrics["fusion"] = {"weight": weight, "stats": stats, "classical_crops": CROP_MODES[corners]}
         kind, final_scores = "fusion", fused_scores
         threshold, per_set = _calibrate(final_scores, labels, task, excluded)
-        save_detector_description(task, kind, "model_best.pt", threshold, {
+        save_detector_description(task, kind, NETWORK_FILE, threshold, {
             "arch": config.arch, "calibration_sets": per_set, "fit": asdict(fit_result),
-            "fusion": {"weight": weight, "stats": stats, "classical": "fallback.pkl"},
+            "fusion": {"weight": weight, "stats": stats, "classical": CLASSICAL_FILE},
             "classical_crops": CROP_MODES[corners]})
     metrics.update({"detector": kind, "threshold": threshold.to_dict(),
                     "splits": evaluate_scores(final_scores, splits, threshold),
@@ -568,12 +578,73 @@ def _decode_for_predict(item: tuple) -> tuple:
     """Worker: (row_id, bytes, corners wanted) -> (row_id, (centre crop, corner features or None) or None, error)."""
     row_id, data, want_corners = item
     try:
-        rgb = decode_rgb(data)
+        rgb = decode_rgb(_read_if_path(data))
         return row_id, (square_crop(rgb, CROP_SIZE), corner_features(rgb) if want_corners else None), None
     except DecodeError as exc:
         return row_id, None, str(exc)
+    except OSError as exc:  # a file that cannot be read
+        return row_id, None, f"unreadable file: {exc.strerror or exc}"
     except Exception as exc:  # one bad row must never cost the others their label
         return row_id, None, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class ImagePrediction:
+    """One image's score and label (1 ai_generated, 0 real) at the detector's threshold, or why it has none."""
+
+    key: object  # the caller's name for the image: a row id, an index, a file name
+    score: float | None
+    label: int | None
+    error: str | None = None
+
+
+def _read_if_path(data):
+    """The bytes of a file given by its path; anything else (bytes, or None for a missing image) as it is."""
+    return Path(data).read_bytes() if isinstance(data, (str, os.PathLike)) else data
+
+
+def predict_encoded(detector: Detector, items, total: int | None, desc: str, deadline: Deadline | None = None,
+                    batch_size: int = 16):
+    """``ImagePrediction`` of each (key, encoded image or file path) of ``items``, as results come in.
+
+    The predict stages' code path: worker processes decode each image into its
+    centre crop and, when the threshold was calibrated on corner crops, their
+    features, while this process scores batches of ``batch_size``. With a
+    ``deadline`` nothing is decoded after it expires (the unreached images get
+    no prediction).
+    """
+    want_corners = detector.scores_corner_crops  # scored as the threshold was calibrated
+    workers = available_cpus()
+    pending_keys, pending_crops, pending_corners = [], [], []
+
+    def flush():
+        if pending_crops:
+            corners = CornerFeatures.stack(pending_corners) if want_corners else None
+            scores = detector.score(np.stack(pending_crops), None, "predict batch", corners)
+            labels = detector.threshold.predict(scores)
+            yield from (ImagePrediction(key, float(score), int(label))
+                        for key, score, label in zip(pending_keys, scores.tolist(), labels.tolist()))
+            for pending in (pending_keys, pending_crops, pending_corners):
+                pending.clear()
+
+    with progress(total=total, desc=desc, deadline=deadline) as bar, \
+            torch_threads(predict_network_threads(workers)):
+        # Decoding runs in worker processes while the main process scores; a worker decides
+        # whether to decode when it starts on an image, so nothing is decoded after the deadline.
+        for key, decoded, error in ordered_map(_decode_for_predict, ((key, data, want_corners) for key, data in items),
+                                               workers, stop_at=deadline.stop_at() if deadline else None):
+            bar.update(1)
+            if error is not None:
+                yield ImagePrediction(key, None, None, error)
+            else:
+                pending_crops.append(decoded[0])
+                pending_corners.append(decoded[1])
+                pending_keys.append(key)
+                if len(pending_crops) >= batch_size:
+                    yield from flush()
+            if deadline is not None and deadline.expired():
+                break
+        yield from flush()
 
 
 def predict_network_threads(workers: int) -> int:
@@ -605,47 +676,20 @@ def predict_task(task: str, deadline: Deadline, batch_size: int = 16) -> dict:
     all_ids = np.sort(known_row_ids(ids_by_file))
     write_predictions(predictions_path(task), all_ids, np.zeros(len(all_ids), dtype=np.int64))
     detector, source, predicted, undecodable = None, DetectorSource(None), {}, []
-    pending_ids, pending_crops, pending_corners = [], [], []
     with terminate_raises() as termination:
         try:
             detector, source = load_predict_detector(task)
-            # Scored as the threshold was calibrated: with corner crops when the calibration images had them.
-            want_corners = detector is not None and detector.scores_corner_crops
-
-            def flush():
-                if pending_crops:
-                    corners = CornerFeatures.stack(pending_corners) if want_corners else None
-                    scores = detector.score(np.stack(pending_crops), None, "predict batch", corners)
-                    predicted.update(zip(pending_ids, detector.threshold.predict(scores).tolist()))
-                    for pending in (pending_ids, pending_crops, pending_corners):
-                        pending.clear()
 
             def items():
                 for batch in iter_batches(folder, labelled=False, batch_size=64, unreadable=unreadable):
-                    for row_id, data in zip(batch.row_id.tolist(), batch.images):
-                        yield row_id, data, want_corners
+                    yield from zip(batch.row_id.tolist(), batch.images)
 
             if detector is not None:
-                workers = available_cpus()
-                with progress(total=len(all_ids), desc=f"predict {task}", deadline=deadline) as bar, \
-                        torch_threads(predict_network_threads(workers)):
-                    # Decoding runs in worker processes while the main process scores; a worker decides
-                    # whether to decode when it starts on a row, so nothing is decoded after the deadline.
-                    for row_id, decoded, error in ordered_map(_decode_for_predict, items(), workers,
-                                                              stop_at=deadline.stop_at()):
-                        bar.update(1)
-                        if error is not None:
-                            undecodable.append({"row_id": row_id, "error": error})
-                            predicted[row_id] = 0
-                        else:
-                            pending_crops.append(decoded[0])
-                            pending_corners.append(decoded[1])
-                            pending_ids.append(row_id)
-                            if len(pending_crops) >= batch_size:
-                                flush()
-                        if deadline.expired():
-                            break
-                flush()
+                for result in predict_encoded(detector, items(), len(all_ids), f"predict {task}", deadline,
+                                              batch_size):
+                    if result.error is not None:
+                        undecodable.append({"row_id": result.key, "error": result.error})
+                    predicted[result.key] = 0 if result.error is not None else result.label
         except Terminated:
             log.warning("SIGTERM: writing the %d labels made so far; the other rows are labelled real (0)",
                         len(predicted))

@@ -39,6 +39,7 @@ from .decode import open_image, to_rgb
 from .errors import DecodeError
 from .labels import AI_GENERATED, BINARY_NAMES, REAL, SOURCE_NAMES, binary_label
 from .paths import EVALUATION_SPLITS, LABELLED_SPLITS, data_dir, split_dir
+from .settings import DETECTION
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +440,7 @@ def _scores(y_true: np.ndarray, proba: np.ndarray) -> dict:
     if len(np.unique(y_true)) == 2:
         result["roc_auc"] = round(float(roc_auc_score(y_true, proba)), 4)
         fpr, tpr, _ = roc_curve(y_true, proba)
-        result["recall_ai_at_fpr_0.2"] = round(float(tpr[fpr <= 0.2].max()), 4)
+        result["recall_ai_at_fpr_0.2"] = round(float(tpr[fpr <= DETECTION.max_fpr].max()), 4)
     return result
 
 

@@ -6,6 +6,7 @@ from scipy.stats import beta
 from sklearn.metrics import roc_auc_score
 
 from .labels import binary_label
+from .settings import DETECTION
 
 
 def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -53,7 +54,7 @@ def detection_metrics(source_class, scores, predicted) -> dict:
         "accuracy": (tp + tn) / y_true.size if y_true.size else float("nan"),
         "balanced_accuracy": (tp / n_ai + tn / n_real) / 2 if both else float("nan"),
         "roc_auc": float(roc_auc_score(y_true, scores)) if both else float("nan"),
-        "recall_at_fpr_0.2_oracle": recall_at_fpr(y_true, scores, 0.2),
+        "recall_at_fpr_0.2_oracle": recall_at_fpr(y_true, scores, DETECTION.max_fpr),
         "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
         "recall_per_class": {
             str(int(c)): float(np.mean(predicted[source_class == c] == 1))

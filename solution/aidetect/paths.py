@@ -74,3 +74,8 @@ def task_dir(task: str) -> Path:
 
 def predictions_path(task: str) -> Path:
     return task_dir(task) / "predictions.csv"
+
+
+def shipped_model_dir(task: str) -> Path:
+    """The trained detector shipped with the repository (``models/<task>``), which ``aidetect score`` uses."""
+    return SOLUTION_DIR.parent / "models" / task

@@ -13,6 +13,7 @@ from pathlib import Path
 from .budget import Deadline, Terminated, configure_threads
 from .errors import PipelineError
 from .paths import artifacts_dir, data_dir, task_dir
+from .settings import DETECTION
 
 log = logging.getLogger("aidetect")
 
@@ -55,9 +56,10 @@ def predict(deadline: Deadline) -> None:
 
 def train_augmented(deadline: Deadline) -> None:
     from .detector import TASK03_CONFIG, require_trainable, train_task
+    from .modelfiles import NETWORK_FILE
 
     require_trainable("task03")
-    train_task("task03", deadline, TASK03_CONFIG, init_from=task_dir("task02") / "model_best.pt")
+    train_task("task03", deadline, TASK03_CONFIG, init_from=task_dir("task02") / NETWORK_FILE)
 
 
 def predict_augmented(deadline: Deadline) -> None:
@@ -89,6 +91,7 @@ def run_stage(name: str, argv: list[str] | None = None) -> int:
     threads = configure_threads()
     log.info("stage %s: data %s, artifacts %s, %d threads, timeout %.0fs", name, data_dir(), artifacts_dir(),
              threads, args.timeout_seconds)
+    log.info("settings: %s", DETECTION)
     started = time.monotonic()
     try:
         STAGES[name](deadline)

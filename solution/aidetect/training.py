@@ -22,10 +22,12 @@ from .budget import Deadline
 from .cleaning import PreparedSplit
 from .dataio import save_torch
 from .errors import PipelineError
+from .modelfiles import CHECKPOINT_FILE, NETWORK_FILE, load_checkpoint, load_network_file, save_network
 from .labels import binary_label
 from .metrics import recall_at_fpr
 from .models import build_model, to_tensor
 from .progress import progress
+from .settings import DETECTION
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +159,12 @@ def holdout_views(data: PreparedSplit, indices: np.ndarray, config: TrainConfig)
 
 
 def selection_score(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """(ROC AUC + recall at 20 % FPR) / 2: ranking quality and the operating point that matters."""
+    """(ROC AUC + recall at the FPR cap) / 2: ranking quality and the operating point that matters."""
     from sklearn.metrics import roc_auc_score
 
     if len(np.unique(y_true)) < 2:
         return float("nan")
-    return (float(roc_auc_score(y_true, scores)) + recall_at_fpr(y_true, scores, 0.2)) / 2
+    return (float(roc_auc_score(y_true, scores)) + recall_at_fpr(y_true, scores, DETECTION.max_fpr)) / 2
 
 
 def holdout_score(model, views, y_true, batch_size) -> tuple[float, dict]:
@@ -173,7 +175,8 @@ def holdout_score(model, views, y_true, batch_size) -> tuple[float, dict]:
     for name, crops in views:
         scores = score_crops(model, crops, batch_size, desc=f"holdout {name}")
         auc = roc_auc_score(y_true, scores) if len(np.unique(y_true)) == 2 else float("nan")
-        parts[name] = {"roc_auc": float(auc), "recall_at_fpr_0.2": recall_at_fpr(y_true, scores, 0.2),
+        parts[name] = {"roc_auc": float(auc),
+                       "recall_at_fpr_0.2": recall_at_fpr(y_true, scores, DETECTION.max_fpr),
                        "selection_score": selection_score(y_true, scores)}
     values = [p["selection_score"] for p in parts.values()]
     return float(np.nanmean(values)) if values else float("nan"), parts
@@ -232,7 +235,7 @@ def _class_weights(source_class: np.ndarray, n_sources: int = 6):
 
 def fit(config: TrainConfig, data: PreparedSplit, out_dir: Path, deadline: Deadline, reserve_seconds: float,
         init_state: dict | None = None, resume: bool = True) -> tuple[torch.nn.Module, FitResult]:
-    """Train ``config.arch`` on ``data``; keep ``checkpoint_last.pt`` and ``model_best.pt`` in ``out_dir``.
+    """Train ``config.arch`` on ``data``; keep ``checkpoint_last.pt`` and ``model_best.safetensors`` in ``out_dir``.
 
     ``reserve_seconds`` is kept free for what follows training (calibration,
     evaluation); ``init_state`` starts from another model's weights (Task 3).
@@ -240,7 +243,7 @@ def fit(config: TrainConfig, data: PreparedSplit, out_dir: Path, deadline: Deadl
     started = time.monotonic()
     torch.manual_seed(config.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out_dir / "checkpoint_last.pt", out_dir / "model_best.pt"
+    last_path, best_path = out_dir / CHECKPOINT_FILE, out_dir / NETWORK_FILE
     train_idx, holdout_idx = stratified_holdout(data.source_class, config.holdout_fraction, config.seed)
     if len(holdout_idx) == 0 or len(np.unique(binary_label(data.source_class[holdout_idx]))) < 2:
         log.warning("training set too small for a holdout; selecting on the training images themselves")
@@ -288,8 +291,8 @@ def fit(config: TrainConfig, data: PreparedSplit, out_dir: Path, deadline: Deadl
         improved = score > state["best_score"]
         if improved:
             state["best_score"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
-            save_torch(best_path, {"model": model.state_dict(), "arch": config.arch, "config": asdict(config),
-                                   "epoch": epoch + 1, "holdout_score": score})
+            save_network(best_path, model.state_dict(), {"arch": config.arch, "config": asdict(config),
+                                                          "epoch": epoch + 1, "holdout_score": score})
         else:
             state["bad_epochs"] += 1
         save_torch(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -313,11 +316,11 @@ def fit(config: TrainConfig, data: PreparedSplit, out_dir: Path, deadline: Deadl
             stopped = "converged (no holdout improvement)"
             break
     if last_path.exists():
-        checkpoint = torch.load(last_path, weights_only=False)
+        checkpoint = load_checkpoint(last_path)
         checkpoint["finished"] = True
         save_torch(last_path, checkpoint)
     if best_path.exists():
-        model.load_state_dict(torch.load(best_path, weights_only=False)["model"])
+        model.load_state_dict(load_network_file(best_path)[0])
     result = FitResult(state["best_epoch"], state["best_score"], state["epoch"], stopped, state["history"],
                        time.monotonic() - started, plan["epochs"])
     log.info("training stopped: %s; best epoch %d, holdout score %.4f", stopped, result.best_epoch, result.best_score)
@@ -328,7 +331,7 @@ def _load_resumable(path: Path, config: TrainConfig) -> dict | None:
     if not path.exists():
         return None
     try:
-        checkpoint = torch.load(path, weights_only=False)
+        checkpoint = load_checkpoint(path)
     except Exception as exc:
         log.warning("checkpoint %s unreadable (%s); starting afresh", path, exc)
         return None
@@ -338,17 +341,18 @@ def _load_resumable(path: Path, config: TrainConfig) -> dict | None:
 
 
 def load_model(path: Path) -> torch.nn.Module:
-    """A model from a ``model_best.pt`` checkpoint, in eval mode."""
-    checkpoint = torch.load(path, weights_only=False, map_location="cpu")
-    config = TrainConfig(**checkpoint["config"])
+    """A model from a network file (``model_best.safetensors``), in eval mode."""
+    state_dict, metadata = load_network_file(path)
+    recorded = metadata.get("config", {})
+    config = TrainConfig(**{**recorded, "exclude_families": tuple(recorded.get("exclude_families", ()))})
     # Today's defaults must not stand in for architecture fields an older checkpoint lacks:
     # a stride, say, changes no weight shape, so the model would load silently and be wrong.
-    missing = sorted(set(config.model_kwargs()) - set(checkpoint["config"]))
+    missing = sorted(set(config.model_kwargs()) - set(recorded))
     if missing:
         raise PipelineError(f"checkpoint {path} does not record {', '.join(missing)}: it predates this code, "
                             "retrain it")
-    model = build_model(checkpoint["arch"], **config.model_kwargs())
-    model.load_state_dict(checkpoint["model"])
+    model = build_model(metadata["arch"], **config.model_kwargs())
+    model.load_state_dict(state_dict)
     return model.eval()
 
 
