@@ -142,10 +142,11 @@ def test_a_failed_run_leaves_the_previous_output(demo_run, tmp_path):
     (out / "summary.json").write_text('{"earlier": true}')
     artifacts = tmp_path / "artifacts"
     shutil.copytree(Path(demo_run["artifacts"]), artifacts)
-    for task in ("task02", "task03"):  # detectors whose weights are gone: loading fails after the check
-        for weights in (artifacts / task).glob("*.pt"):
-            weights.unlink()
-        (artifacts / task / "fallback.pkl").unlink(missing_ok=True)
+    for task in ("task02", "task03"):  # detectors whose model files are gone: loading fails after the check
+        for pattern in ("*.safetensors", "*.pt", "fallback.*"):
+            for weights in (artifacts / task).glob(pattern):
+                weights.unlink()
+        assert [p.name for p in (artifacts / task).iterdir() if p.suffix not in (".json", ".csv")] == []
     with pytest.raises(Exception):
         explain.main(["--artifacts", str(artifacts), "--data", str(Path(demo_run["data_root"]) / "data"),
                       "--out", str(out), "--timeout_seconds", "120"])
