@@ -103,7 +103,12 @@ bench-robustness: $(STAMP)
 		--proxy-bench $$(ls -t benchmarks/results/[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]-proxy.json | head -1) \
 		--out benchmarks/results/$(DATE)-robustness-proxy.json
 
-$(STAMP): requirements-dev.txt solution/requirements.txt solution/constraints.txt pyproject.toml
+# Runs made before the safe model formats hold pickles, which the pipeline refuses to load: converted once, here.
+convert-proxy-run: $(STAMP)
+	$(PY) tools/convert_artifacts.py $(PROXY_RUN)
+
+explain: convert-proxy-run
+	$(PY) explainability/explain.py --artifacts $(PROXY_RUN) --data $(DATA)/data --out explainability/output \
 		--timeout_seconds 900
 
 report: $(STAMP)

@@ -75,3 +75,11 @@ def test_a_result_names_its_data_by_content_not_by_path(tmp_path):
               "python": str(REPO / ".venv" / "bin" / "python"), "repo": str(REPO)}
     assert portable(result, [root]) == {"data_root": "somedata", "log": "stage clean: data somedata/data",
                                         "python": ".venv/bin/python", "repo": "."}
+
+
+def test_the_makefile_gives_each_target_one_recipe():
+    """A merge that duplicates a target makes make drop one recipe with only a warning."""
+    import subprocess
+
+    result = subprocess.run(["make", "-n", "help-does-not-exist"], cwd=REPO, capture_output=True, text=True)
+    assert "overriding recipe" not in result.stderr and "ignoring old recipe" not in result.stderr, result.stderr
