@@ -52,6 +52,9 @@ def order_statistic_rank(n: int, max_fpr: float, delta: float) -> int | None:
     return int(ks[feasible[0]]) if feasible.size else None
 
 
+_WARNED_TOO_FEW: set[tuple[int, float, float]] = set()
+
+
 def calibrate_threshold(scores_negative, max_fpr: float = DETECTION.max_fpr,
                         delta: float = DETECTION.delta) -> Threshold:
     """Threshold on negative-class scores so that P(true FPR > max_fpr) <= delta.
@@ -67,11 +70,15 @@ def calibrate_threshold(scores_negative, max_fpr: float = DETECTION.max_fpr,
     k = order_statistic_rank(n, max_fpr, delta)
     guaranteed = k is not None
     if not guaranteed:
-        log.warning(
-            "only %d negative calibration images; the order-statistic rule needs %d for FPR <= %.2f "
-            "with confidence %.2f; using the largest score",
-            n, min_calibration_size(max_fpr, delta), max_fpr, 1 - delta,
-        )
+        # Once per process and setting: attribution calibrates dozens of score sets of the same size, and
+        # the Threshold it returns says "not guaranteed" for each of them anyway.
+        if (n, max_fpr, delta) not in _WARNED_TOO_FEW:
+            _WARNED_TOO_FEW.add((n, max_fpr, delta))
+            log.warning(
+                "only %d negative calibration images; the order-statistic rule needs %d for FPR <= %.2f "
+                "with confidence %.2f; using the largest score",
+                n, min_calibration_size(max_fpr, delta), max_fpr, 1 - delta,
+            )
         k = n
     value = float(scores[k - 1])
     return Threshold(
