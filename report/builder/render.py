@@ -93,10 +93,15 @@ def collect(inputs: Inputs, build: Path) -> dict:
     values.update(attr["values"])
     tables.update(attr["tables"])
     values["attr.source"] = attribution.path.name.replace(".json", "") if attribution else NOT_RUN
-    values["attr.run_note"] = ("not run on this report's pipeline run; the numbers below come from an earlier proxy run "
-                               f"({values['attr.source']}) and its own attribution training"
-                               if attribution and "attribution" not in [p.name for p in inputs.artifacts.iterdir()]
-                               else "run on this pipeline run") if inputs.artifacts.is_dir() else NOT_RUN
+    if not inputs.artifacts.is_dir():
+        values["attr.run_note"] = NOT_RUN
+    elif attribution and attribution.used(inputs.artifacts, REPO):
+        values["attr.run_note"] = f"run on this pipeline run's detectors by the attribution benchmark ({values['attr.source']})"
+    elif attribution and "attribution" not in [p.name for p in inputs.artifacts.iterdir()]:
+        values["attr.run_note"] = ("not run on this report's pipeline run; the numbers below come from an earlier proxy run "
+                                   f"({values['attr.source']}) and its own attribution training")
+    else:
+        values["attr.run_note"] = "run on this pipeline run"
     proxy = inputs.proxy
     values["bench.source"] = proxy.path.name.replace(".json", "") if proxy else NOT_RUN
     values["bench.cpu"] = (proxy.cpu or "?") if proxy else NOT_RUN

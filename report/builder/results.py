@@ -256,6 +256,15 @@ class Attribution:
     main: dict  # the attribution result (schema of aidetect.attribution)
     logo: list
     predict_scored: dict | None
+    artifacts: str | None = None  # the run whose detectors it used, as the result names it
+
+    def used(self, artifacts: Path, repo: Path) -> bool:
+        """Whether this result was computed on the detectors of ``artifacts`` (same folder, links resolved)."""
+        if not self.artifacts:
+            return False
+        named = Path(self.artifacts)
+        named = named if named.is_absolute() else repo / named
+        return named.resolve() == Path(artifacts).resolve()
 
 
 def read_attribution(path: Path | None) -> Attribution | None:
@@ -266,7 +275,8 @@ def read_attribution(path: Path | None) -> Attribution | None:
     if not isinstance(main, dict) or "splits" not in main:
         return None
     return Attribution(Path(path), main, d.get("logo") if isinstance(d.get("logo"), list) else [],
-                       d.get("predict_scored") if isinstance(d.get("predict_scored"), dict) else None)
+                       d.get("predict_scored") if isinstance(d.get("predict_scored"), dict) else None,
+                       d.get("artifacts") if isinstance(d.get("artifacts"), str) else None)
 
 
 @dataclass
