@@ -418,3 +418,14 @@ def test_feature_group_sentence_names_the_group_that_matters():
     sentence = explain_synthesis.feature_groups_sentence(result)
     assert sentence.endswith("leans most on its noise features") and "+0.050" in sentence
     assert "not run" in explain_synthesis.feature_groups_sentence(None)
+
+
+def test_attribution_result_knows_the_run_it_used(tmp_path):
+    """The attribution note may only say "this run" for a result computed on this run's detectors."""
+    run = tmp_path / "runs" / "proxy-x" / "artifacts"
+    run.mkdir(parents=True)
+    (tmp_path / "runs" / "proxy").symlink_to(tmp_path / "runs" / "proxy-x")
+    named = results.Attribution(tmp_path / "a.json", {}, [], None, "runs/proxy/artifacts")
+    assert named.used(run, tmp_path)
+    assert not named.used(tmp_path / "other", tmp_path)
+    assert not results.Attribution(tmp_path / "a.json", {}, [], None, None).used(run, tmp_path)
