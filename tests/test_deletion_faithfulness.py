@@ -40,6 +40,22 @@ def generated_validation_crops(demo_run):
     return np.asarray(validation.crops[first])
 
 
+def gradcam_gain_over_random(model, crops, replacement):
+    """Per-image deletion-area gain of Grad-CAM's removal order over the mean of N_RANDOM random orders, with
+    removed blocks taken from ``replacement``; and the standard error of its mean."""
+    from explainability import attributions
+
+    maps = attributions.gradcam_maps(model, crops)
+    orders = {"gradcam": attributions.removal_orders(maps, np.random.default_rng(0))}
+    n_blocks = orders["gradcam"].shape[1]
+    for seed in range(N_RANDOM):
+        orders[f"random_{seed}"] = attributions.random_orders(len(crops), n_blocks, np.random.default_rng([77, seed]))
+    curves = attributions.deletion_curves(model, crops, replacement, orders)
+    area = {name: trapezoid(rows, attributions.DELETION_FRACTIONS, axis=1) for name, rows in curves.items()}
+    gain = np.mean([area[f"random_{seed}"] for seed in range(N_RANDOM)], axis=0) - area["gradcam"]
+    return gain, gain.std(ddof=1) / np.sqrt(len(gain))
+
+
 @pytest.mark.parametrize("task", ["task02", "task03"])
 def test_gradcam_removes_evidence_faster_than_random_order_by_a_stated_margin(demo_run, generated_validation_crops,
                                                                                task, monkeypatch):
@@ -54,15 +70,7 @@ def test_gradcam_removes_evidence_faster_than_random_order_by_a_stated_margin(de
         "Grad-CAM cannot be checked")
     crops = generated_validation_crops
     baselines = attributions.blurred(crops)
-    maps = attributions.gradcam_maps(model, crops)
-    orders = {"gradcam": attributions.removal_orders(maps, np.random.default_rng(0))}
-    n_blocks = orders["gradcam"].shape[1]
-    for seed in range(N_RANDOM):
-        orders[f"random_{seed}"] = attributions.random_orders(len(crops), n_blocks, np.random.default_rng([77, seed]))
-    curves = attributions.deletion_curves(model, crops, baselines, orders)
-    area = {name: trapezoid(rows, attributions.DELETION_FRACTIONS, axis=1) for name, rows in curves.items()}
-    gain = np.mean([area[f"random_{seed}"] for seed in range(N_RANDOM)], axis=0) - area["gradcam"]
-    standard_error = gain.std(ddof=1) / np.sqrt(len(gain))
+    gain, standard_error = gradcam_gain_over_random(model, crops, baselines)
     assert gain.mean() > MARGIN_SE * standard_error, (
         f"{task}: mean deletion-area gain of Grad-CAM over random order {gain.mean():.4f}, "
         f"standard error {standard_error:.4f}, needed > {MARGIN_SE:.2f} standard errors "
@@ -100,15 +108,7 @@ def test_gradcam_beats_random_order_with_an_in_distribution_replacement(demo_run
     assert model.network is not None, f"the demo run's {task} detector has no network"
     crops = generated_validation_crops
     replacement = attributions.resampled(crops, np.random.default_rng(5))
-    maps = attributions.gradcam_maps(model, crops)
-    orders = {"gradcam": attributions.removal_orders(maps, np.random.default_rng(0))}
-    n_blocks = orders["gradcam"].shape[1]
-    for seed in range(N_RANDOM):
-        orders[f"random_{seed}"] = attributions.random_orders(len(crops), n_blocks, np.random.default_rng([77, seed]))
-    curves = attributions.deletion_curves(model, crops, replacement, orders)
-    area = {name: trapezoid(rows, attributions.DELETION_FRACTIONS, axis=1) for name, rows in curves.items()}
-    gain = np.mean([area[f"random_{seed}"] for seed in range(N_RANDOM)], axis=0) - area["gradcam"]
-    standard_error = gain.std(ddof=1) / np.sqrt(len(gain))
+    gain, standard_error = gradcam_gain_over_random(model, crops, replacement)
     assert gain.mean() > MARGIN_SE * standard_error, (
         f"{task}: with the resampled replacement, mean deletion-area gain of Grad-CAM over random order "
         f"{gain.mean():.4f}, standard error {standard_error:.4f}, needed > {MARGIN_SE:.2f} standard errors")
