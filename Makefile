@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    - the main job on the embedded demo data (six stages through the grading harness,
 #                 then explainability and the report)
-#   make test   - the test suite
+#   make test   - the test suite (make test-slow: with its slow real-conditions twins)
 #   make mutation-check - break each promise on purpose in a copy and check that a test fails
 # Benchmarks on the proxy dataset, or any dataset root in the course layout given as DATA=/path/to/root
 # (long; results are committed under benchmarks/results/; docs/proxy.md describes the proxy):
@@ -30,7 +30,7 @@ RUN := runs/demo
 DATA ?= ../shared/proxy
 DATE := $(shell date +%F)
 
-.PHONY: setup run demo-data convert-proxy-run test mutation-check bench bench-throughput bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
+.PHONY: setup run demo-data convert-proxy-run test test-slow mutation-check bench bench-throughput bench-seeds bench-robustness bench-robust-training bench-fusion-share bench-families bench-attribution bench-jpeg-bias bench-calibration explain report submission lint clean
 
 $(STAMP): requirements-dev.txt solution/requirements.txt solution/constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ run: demo-data
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The suite plus its slow real-conditions twins (train.py beside two busy processes).
+test-slow: $(STAMP)
+	$(PY) -m pytest -q --run-slow tests
 
 # Named breakages of the specification's promises, each applied to a temporary copy of the repository;
 # every one must make one of its guarding tests fail (about an hour on the 2-core machine).

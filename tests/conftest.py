@@ -33,6 +33,21 @@ DEMO_RUN_CACHE = os.environ.get("AMLS_TEST_DEMO_RUN")
 HOME_OVERRIDES = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "TORCH_HOME")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run the tests marked slow (make test-slow)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow are skipped, with the reason, unless --run-slow: the suite checks the same promise
+    more cheaply, and stays under ten minutes on the 2-core machine."""
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow real-conditions twin; run with --run-slow (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The embedded demo dataset (course layout plus labels/), generated once."""

@@ -372,9 +372,12 @@ def test_predict_refuses_a_broken_contract_with_a_clear_error(detector_artifacts
     else:
         write_predict_file(predict / "part-0.parquet", [0, None, 2], [PNG] * 3)
     artifacts = fresh_artifacts(detector_artifacts, tmp_path)
+    stale = [artifacts / "task02" / name for name in ("predictions.csv", "predict_report.json")]
+    for path in stale:  # an earlier run's outputs, made on other data
+        path.write_text("row_id,predicted_label\n99,1\n" if path.suffix == ".csv" else "{}")
     with pytest.raises(DataError, match=message):
         predict_in_process(tmp_path / "data", artifacts, monkeypatch)
-    assert not (artifacts / "task02" / "predictions.csv").exists()
+    assert [path.name for path in stale if path.exists()] == []  # a grader must not read the earlier labels
 
 
 # --- odd training labels ------------------------------------------------------------

@@ -11,9 +11,16 @@ smaller when the removed blocks carried the evidence.
 The margin: the mean per-image gain (random area minus map area) must exceed
 ``MARGIN_SE`` standard errors of the paired per-image differences. A map no better
 than random order passes this with probability about 1 % (one-sided t test,
-N_IMAGES - 1 degrees of freedom). Checked on both tasks. With the first 24 images only, Task 2's
+N_IMAGES - 1 degrees of freedom). With the first 24 images only, Task 2's
 gain (0.116) was 2.34 standard errors, under the 2.50 that 24 images need: too little power, so
 the test takes all 40.
+
+The replacement must remove evidence. Blurring a block does for Task 2, but Task 3 is trained to
+call a blurred generated image generated (blur is one of its training families, applied to both
+classes with their labels), so for Task 3 a blurred block need not lose its evidence; on a demo run whose prepare.py had time for
+every robust view, Grad-CAM's blur-deletion gain on Task 3 was -0.054 (standard error 0.018), no
+measure of faithfulness. Task 3 is checked with the in-distribution replacement (blocks of the same
+image), which removes evidence for both tasks; Task 2 with both.
 """
 from __future__ import annotations
 
@@ -56,7 +63,7 @@ def gradcam_gain_over_random(model, crops, replacement):
     return gain, gain.std(ddof=1) / np.sqrt(len(gain))
 
 
-@pytest.mark.parametrize("task", ["task02", "task03"])
+@pytest.mark.parametrize("task", ["task02"])  # Task 3 is trained to ignore blur: see the module's text
 def test_gradcam_removes_evidence_faster_than_random_order_by_a_stated_margin(demo_run, generated_validation_crops,
                                                                                task, monkeypatch):
     from explainability import attributions

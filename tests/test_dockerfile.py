@@ -9,6 +9,7 @@ time, so it keeps passing (or failing for a real reason) while the package grows
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import shlex
@@ -206,15 +207,20 @@ def parse_sources() -> tuple[dict[Path, ast.AST], dict[Path, str]]:
     return trees, errors
 
 
+@functools.lru_cache(maxsize=1)
+def installed_distributions() -> dict[str, list[str]]:
+    """Top-level import -> installed distributions; read once (it scans every installed package's files)."""
+    try:
+        return importlib.metadata.packages_distributions()
+    except Exception:  # pragma: no cover - very old importlib.metadata
+        return {}
+
+
 def providing_dists(import_name: str) -> set[str]:
     """Distribution names that may provide the top-level import ``import_name``."""
     top = import_name.split(".")[0]
     candidates = set(IMPORT_TO_DISTS.get(import_name, set())) | set(IMPORT_TO_DISTS.get(top, set()))
-    try:
-        installed = importlib.metadata.packages_distributions()
-    except Exception:  # pragma: no cover - very old importlib.metadata
-        installed = {}
-    candidates |= set(installed.get(top, []))
+    candidates |= set(installed_distributions().get(top, []))
     candidates.add(top)
     return {normalise(d) for d in candidates}
 

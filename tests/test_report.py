@@ -103,7 +103,7 @@ def set_split(proxy_inputs, task: str, split: str, key: str, value: float) -> No
 
 def headline(proxy_inputs, task: str, split: str, key: str) -> float:
     """The number the abstract and the targets table state (the seed mean when several seeds ran)."""
-    return targets._measured(read(proxy_inputs), task, split, key)[0]
+    return targets.measured_value(read(proxy_inputs), task, split, key)[0]
 
 
 def test_targets_table_shows_the_numbers_of_the_result_files(proxy_inputs):

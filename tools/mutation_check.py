@@ -59,8 +59,8 @@ BREAKAGES = [
     # --- the six of the issue's table ---------------------------------------------
     Breakage(
         "predict-labels-score-above-zero", "predict labels a row 1 exactly when its score exceeds the calibrated threshold",
-        [(DETECTOR, "predicted.update(zip(pending_ids, detector.threshold.predict(scores).tolist()))",
-          "predicted.update(zip(pending_ids, (np.asarray(scores) > 0).astype(np.int64).tolist()))")],
+        [(DETECTOR, "labels = detector.threshold.predict(scores)",
+          "labels = (np.asarray(scores) > 0).astype(np.int64)")],
         [f"{PROMISES}::test_predict_labels_are_the_calibrated_threshold_applied_to_the_scores"], origin="issue 21"),
     Breakage(
         "unreached-rows-get-no-label", "every row_id gets exactly one label, also when the deadline did not reach it",
@@ -128,9 +128,8 @@ BREAKAGES = [
          f"{KILL_WRITES}::test_predict_killed_while_writing_the_first_csv_leaves_no_partial_file"]),
     Breakage(
         "predict-ignores-the-deadline", "predict ends within its timeout: it stops scoring at its deadline",
-        [(DETECTOR, "ordered_map(_decode_for_predict, items(), stop_at=deadline.stop_at())",
-          "ordered_map(_decode_for_predict, items(), stop_at=None)"),
-         (DETECTOR, "                        if deadline.expired():\n                            break\n", "")],
+        [(DETECTOR, "workers, stop_at=deadline.stop_at() if deadline else None)", "workers, stop_at=None)"),
+         (DETECTOR, "            if deadline is not None and deadline.expired():\n                break\n", "")],
         [f"{PROMISES}::test_an_exhausted_deadline_still_labels_every_row_once_and_names_the_unscored_rows"]),
     Breakage(
         "unscored-rows-called-generated", "a row without a score is labelled real (0), never accused",
@@ -145,6 +144,10 @@ BREAKAGES = [
         "predictions-file-only-at-the-end", "a kill at any moment after the row ids are read leaves every row labelled",
         [(DETECTOR, "    write_predictions(predictions_path(task), all_ids, np.zeros(len(all_ids), dtype=np.int64))\n", "")],
         [KILL_WRITES], keyword="killed_at_any_moment"),
+    Breakage(
+        "failed-predict-keeps-stale-predictions", "a predict stage that fails leaves no earlier run's labels behind",
+        [(DETECTOR, "    _remove_stale_outputs(task)\n", "")],
+        ["tests/test_bad_inputs.py"], keyword="refuses_a_broken_contract"),
     Breakage(
         "task03-trains-from-scratch", "Task 3 continues from the Task-2 checkpoint",
         [("solution/aidetect/stages.py", 'init_from=task_dir("task02") / NETWORK_FILE', "init_from=None")],

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .fmt import NOT_RUN, dig, fmt_int, fmt_rate, is_number, table
 from .judge import better_word, cap_phrase, change_phrase
 from .results import UNDER_PROCESSING_RULE, Inputs
-from .targets import MAX_FPR, Aim, _measured, tally
+from .targets import MAX_FPR, Aim, measured_value, tally
 
 
 def _r(x) -> str:
@@ -22,7 +22,7 @@ def _split(inputs: Inputs, task: str, split: str, key: str):
 def abstract_values(inputs: Inputs, all_aims: list[Aim]) -> dict:
     """The headline: what Task 2 and Task 3 achieve, which cap each keeps, and how many targets are met."""
     def headline(task, split, key):  # the seed mean when several seeds ran (as the targets table shows)
-        return _measured(inputs, task, split, key)[0]
+        return measured_value(inputs, task, split, key)[0]
 
     t2_val, t2_aug = (headline("task02", s, "fpr") for s in ("validation", "validation_augmented"))
     t3_val, t3_aug = (headline("task03", s, "fpr") for s in ("validation", "validation_augmented"))

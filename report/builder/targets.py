@@ -31,7 +31,7 @@ def _split(inputs: Inputs, task: str, split: str, key: str):
     return dig(inputs.metrics.get(task), "splits", split, key)
 
 
-def _measured(inputs: Inputs, task: str, split: str, key: str) -> tuple[float | None, str, str]:
+def measured_value(inputs: Inputs, task: str, split: str, key: str) -> tuple[float | None, str, str]:
     """(value, shown, source) of a split metric: the mean over seeds with its spread when the robustness
     runs cover several seeds (headline numbers are seed means), else the run's own metrics.json."""
     robust = inputs.robustness
@@ -50,16 +50,16 @@ def aims(inputs: Inputs) -> list[Aim]:
         for split, label in (("validation", "validation"), ("validation_augmented", "validation_augmented")):
             # The course caps the FPR of both tasks; Task 2 on the augmented split is our own aim.
             whose = "ours" if (task, split) == ("task02", "validation_augmented") else "course"
-            fpr, shown, source = _measured(inputs, task, split, "fpr")
+            fpr, shown, source = measured_value(inputs, task, split, "fpr")
             out.append(Aim(f"{task}.{split}.fpr", f"{name}: FPR on {label}", whose, f"<= {MAX_FPR:.2f}", fpr,
                            shown, source))
-    recall2, shown, source = _measured(inputs, "task02", "validation", "recall_ai")
+    recall2, shown, source = measured_value(inputs, "task02", "validation", "recall_ai")
     out.append(Aim("task02.recall", "Task 2: recall on validation", "course", ">= 0.8", recall2, shown, source))
-    recall3, shown, source = _measured(inputs, "task03", "validation_augmented", "recall_ai")
+    recall3, shown, source = measured_value(inputs, "task03", "validation_augmented", "recall_ai")
     out.append(Aim("task03.recall", "Task 3: recall on validation_augmented", "course", ">= 0.6", recall3, shown,
                    source))
-    auc2, _, _ = _measured(inputs, "task02", "validation_augmented", "roc_auc")
-    auc3, _, source = _measured(inputs, "task03", "validation_augmented", "roc_auc")
+    auc2, _, _ = measured_value(inputs, "task02", "validation_augmented", "roc_auc")
+    auc3, _, source = measured_value(inputs, "task03", "validation_augmented", "roc_auc")
     gap = auc3 - auc2 if is_number(auc2) and is_number(auc3) else None
     out.append(Aim("auc.gap", "ROC AUC on validation_augmented, Task 3 minus Task 2", "ours", ">= 0", gap,
                    f"{gap:+.3f} ({fmt_rate(auc3)} vs {fmt_rate(auc2)})" if gap is not None else NOT_RUN, source))

@@ -670,6 +670,7 @@ def predict_task(task: str, deadline: Deadline, batch_size: int = 16) -> dict:
     far and then ends the stage.
     """
     started = time.monotonic()
+    _remove_stale_outputs(task)
     folder = split_dir(PREDICT_SPLIT)
     unreadable: list[Unreadable] = []
     ids_by_file = row_ids_by_file(folder, unreadable)  # fails early, with a clear message, on duplicate row ids
@@ -699,6 +700,14 @@ def predict_task(task: str, deadline: Deadline, batch_size: int = 16) -> dict:
     if termination.received:
         raise Terminated(f"received SIGTERM; {predictions_path(task)} written, unscored rows labelled real (0)")
     return report
+
+
+def _remove_stale_outputs(task: str) -> None:
+    """Remove an earlier run's predictions before anything can fail: a grader must never read labels of other data."""
+    for stale in (predictions_path(task), task_dir(task) / "predict_report.json"):
+        if stale.exists():
+            stale.unlink()
+            log.info("removed the earlier run's %s", stale.name)
 
 
 def _lost_rows(unreadable: list[Unreadable], ids_by_file: dict[str, np.ndarray], predicted: dict) -> list[dict]:
