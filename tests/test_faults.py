@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import struct
@@ -330,6 +331,34 @@ def test_the_pixel_budget_counts_bytes_per_pixel():
         check_decode_budget(7000, 7000, "L")
     # a mode needing more bytes per pixel would get fewer pixels than MAX_PIXELS
     assert MAX_DECODE_BYTES // (raster_bytes("RGB") + 3) == MAX_PIXELS
+
+
+def test_the_worker_count_keeps_a_stage_under_its_memory_target_whatever_the_cpus(monkeypatch):
+    from aidetect import budget, parallel
+    from aidetect.decode import MAX_DECODE_BYTES
+
+    assert budget.WORKER_BYTES > MAX_DECODE_BYTES  # a worker may hold one image at the decode bound
+    monkeypatch.setattr(budget, "memory_limit", lambda: None)
+    monkeypatch.setattr(budget, "memory_available", lambda: 64 * 2**30)
+    for cpus in (1, 2, 8, 64):
+        workers = budget.worker_processes(cpus)
+        assert 1 <= workers <= cpus
+        assert budget.MAIN_PROCESS_BYTES + workers * budget.WORKER_BYTES <= budget.STAGE_MEMORY_TARGET
+    assert budget.worker_processes(2) == 2 and budget.worker_processes(8) < 8  # --cpus 8 would not fit
+    monkeypatch.setattr(budget, "memory_limit", lambda: 2 * 2**30)  # docker run --memory 2g
+    assert budget.worker_processes(8) == 1
+    monkeypatch.setattr(budget, "memory_limit", lambda: None)
+    monkeypatch.setattr(budget, "memory_available", lambda: 3 * 2**30)  # a busy host: 3 GB left
+    assert budget.MAIN_PROCESS_BYTES + budget.worker_processes(8) * budget.WORKER_BYTES <= 3 * 2**30
+    # the pools use it: with memory for one worker, ordered_map computes in this process
+    monkeypatch.setattr(budget, "memory_limit", lambda: budget.MAIN_PROCESS_BYTES + budget.WORKER_BYTES)
+    monkeypatch.setattr(parallel, "worker_processes", budget.worker_processes)
+    pids = list(parallel.ordered_map(_pid_of, range(6)))
+    assert set(pids) == {os.getpid()}
+
+
+def _pid_of(_item) -> int:
+    return os.getpid()
 
 
 # --- 6. empty evaluation-only splits ------------------------------------------------

@@ -138,6 +138,49 @@ def available_cpus() -> int:
     return max(1, min(8, cpus))
 
 
+# Memory: a stage with its worker processes must stay under STAGE_MEMORY_TARGET whatever the input and the
+# number of CPUs (under --cpus 8 there would be eight workers). Each worker may hold one image's decoding at
+# its bound (decode.MAX_DECODE_BYTES, 280 MB) plus its crops, features and the pages it writes after the fork;
+# the main process holds torch, the detector and the batches (1.0 GB at most on the proxy's images, 1.5 GB on
+# 1024-pixel PNGs, measured by benchmarks/throughput.py).
+STAGE_MEMORY_TARGET = 4 * 2**30
+MAIN_PROCESS_BYTES = 1536 * 2**20
+WORKER_BYTES = 400 * 2**20
+
+
+def memory_limit() -> int | None:
+    """Bytes this process's cgroup may use (``docker run --memory``), or None."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # cgroup v1 writes a huge number for "no limit"
+            return int(text)
+    return None
+
+
+def memory_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes, or None."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def worker_processes(cpus: int | None = None) -> int:
+    """Worker processes for decoding and features: one per usable CPU, fewer when their worst-case memory
+    beside the main process would exceed the smallest of the stage's target, the cgroup limit and the memory
+    available now."""
+    cpus = available_cpus() if cpus is None else cpus
+    budget = min(b for b in (STAGE_MEMORY_TARGET, memory_limit(), memory_available()) if b is not None)
+    fit = int((budget - MAIN_PROCESS_BYTES) // WORKER_BYTES)
+    return max(1, min(cpus, fit))
+
+
 def configure_threads() -> int:
     """Give torch one thread per usable CPU (a container sees all host cores)."""
     import torch

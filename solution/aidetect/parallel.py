@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator
 
-from .budget import available_cpus
+from .budget import worker_processes
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ def _until(function: Callable, stop_at: float | None, item):
 
 def ordered_map(function: Callable, items: Iterable, workers: int | None = None, chunksize: int = 4,
                 window_size: int = 128, stop_at: float | None = None) -> Iterator:
-    """``map(function, items)`` in worker processes (in order); in-process for one CPU.
+    """``map(function, items)`` in worker processes (in order); in-process for one worker.
+
+    ``workers`` defaults to ``budget.worker_processes()``: one per usable CPU, as memory allows.
 
     ``function`` must be a module-level function; it should catch its own
     per-item errors and return them as values, so one bad image never stops the
@@ -59,7 +61,7 @@ def ordered_map(function: Callable, items: Iterable, workers: int | None = None,
     error), queued items are dropped, not computed.
     """
     task = functools.partial(_until, function, stop_at)
-    workers = available_cpus() if workers is None else workers
+    workers = worker_processes() if workers is None else workers
     if workers <= 1:
         yield from _until_skipped(map(task, items))
         return
