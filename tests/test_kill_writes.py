@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from stagerun import (SOLUTION, assert_complete, encode, fresh_artifacts, kill, package_env, run_stage,
-                      stage_env, start_stage, wait_for, write_predict_file)
+                      stage_env, start_stage, wait_for, write_labelled_file, write_predict_file)
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +177,59 @@ def test_a_kill_while_a_checkpoint_is_rewritten_leaves_the_previous_checkpoint(t
     die_mid_write("checkpoint", 2, tmp_path / "data", artifacts, tmp_path)
     checkpoint = torch.load(artifacts / "task02" / "checkpoint_last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 1 and torch.equal(checkpoint["model"]["w"], torch.full((64, 64), 1.0))
+
+
+# --- prepare.py killed while it writes a split ---------------------------------------
+
+
+def _pattern_png(size: int, seed: int) -> bytes:
+    """A distinct, cheap-to-store PNG (clean drops byte-identical images, so every one must differ)."""
+    y, x = np.mgrid[0:size, 0:size]
+    pixels = np.stack([(x * 5 + y + 7 * seed) % 256, (y * 3 + seed) % 256, (x ^ (y + seed)) % 256], -1)
+    return encode(Image.fromarray(pixels.astype(np.uint8)), "PNG", compress_level=1)
+
+
+@pytest.fixture(scope="module")
+def slow_prepare_data(tmp_path_factory) -> Path:
+    """24 training images of 600 x 600 pixels (prepare needs seconds for them: time to kill it mid-split) and
+    a small calibration split."""
+    data = tmp_path_factory.mktemp("slow_prepare") / "data"
+    write_labelled_file(data / "train" / "part-0.parquet", [_pattern_png(600, i) for i in range(24)],
+                        [i % 6 for i in range(24)])
+    write_labelled_file(data / "calibration" / "part-0.parquet", [_pattern_png(256, 100 + i) for i in range(12)],
+                        [i % 2 for i in range(12)])
+    return data
+
+
+def _writing(folder: Path, name: str):
+    return lambda: any(folder.glob(f".{name}.*.tmp"))
+
+
+def test_prepare_killed_while_writing_a_split_leaves_nothing_that_passes_for_complete(slow_prepare_data, tmp_path):
+    """SIGKILL while the train split's crops are being written: the split reads as missing (train.py stops with one
+    line that says to run prepare.py), and prepare.py run again leaves complete splits and no temporary file."""
+    from aidetect.cleaning import load_prepared
+    from aidetect.errors import DataError
+    from aidetect.paths import pointing_at
+
+    artifacts = tmp_path / "artifacts"
+    log = tmp_path / "prepare.log"
+    proc = start_stage("prepare", slow_prepare_data, artifacts, timeout=600, log_path=log)
+    try:
+        wait_for(_writing(artifacts / "prepared" / "train", "crops.npy"), proc, 300, "the train crops are written", log)
+    finally:
+        kill(proc)
+    with pointing_at(artifacts, slow_prepare_data):
+        with pytest.raises(DataError, match="run prepare.py"):
+            load_prepared("train")
+
+    train = run_stage("train", slow_prepare_data, artifacts, timeout=60, limit=300)
+    assert train.returncode == 2 and "Traceback" not in train.output, train.output[-3000:]
+    errors = [line for line in train.stdout.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "run prepare.py" in errors[0], errors
+
+    again = run_stage("prepare", slow_prepare_data, artifacts, timeout=600, limit=600)
+    assert again.returncode == 0, again.output[-3000:]
+    with pointing_at(artifacts, slow_prepare_data):
+        assert len(load_prepared("train")) == 24 and len(load_prepared("calibration")) == 12
+    assert list((artifacts / "prepared").rglob("*.tmp")) == []  # the killed run's half-written file is gone

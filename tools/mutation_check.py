@@ -149,6 +149,10 @@ BREAKAGES = [
         [(DETECTOR, "    _remove_stale_outputs(task)\n", "")],
         ["tests/test_bad_inputs.py"], keyword="refuses_a_broken_contract"),
     Breakage(
+        "prepare-keeps-half-written-files", "a stage killed while it writes leaves nothing behind that a rerun keeps",
+        [("solution/aidetect/cleaning.py", "        stale.unlink(missing_ok=True)\n", "        pass\n")],
+        [KILL_WRITES], keyword="prepare_killed"),
+    Breakage(
         "task03-trains-from-scratch", "Task 3 continues from the Task-2 checkpoint",
         [("solution/aidetect/stages.py", 'init_from=task_dir("task02") / NETWORK_FILE', "init_from=None")],
         [f"{PROMISES}::test_task03_training_starts_from_the_task02_best_weights"]),
