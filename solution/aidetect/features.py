@@ -108,13 +108,34 @@ def residual_features(rgb: np.ndarray, crop: _Crop | None = None) -> list[float]
     return feats
 
 
+def _channel_sums(pixels: np.ndarray) -> np.ndarray:
+    """``pixels.sum(axis=0)`` of an (n, channels) array, bit for bit, several times faster.
+
+    Summing over the pixels of an interleaved image, numpy adds each pixel's channels to the running
+    totals in pixel order (one float32 addition after another, not pairwise); a cumulative sum down each
+    contiguous channel row makes the same additions in the same order without its per-pixel overhead.
+    """
+    return np.cumsum(np.ascontiguousarray(pixels.T), axis=1)[:, -1]
+
+
+def _channel_mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x.mean(axis=(0, 1)), x.std(axis=(0, 1)))`` of an H x W x C float32 image, the same arithmetic as numpy's."""
+    pixels = x.reshape(-1, x.shape[-1])
+    n = len(pixels)
+    mean = _channel_sums(pixels) / n
+    deviation = pixels - mean
+    np.multiply(deviation, deviation, out=deviation)
+    return mean, np.sqrt(_channel_sums(deviation) / n)
+
+
 def colour_features(rgb: np.ndarray, crop: _Crop | None = None) -> list[float]:
     x = (crop or _Crop(rgb)).unit
     red, green, blue = x[..., 0], x[..., 1], x[..., 2]
     # The largest and smallest channel, as max/min over the last axis (exact either way, several times faster).
     mx, mn = np.maximum(np.maximum(red, green), blue), np.minimum(np.minimum(red, green), blue)
     saturation = (mx - mn) / (mx + 1e-6)
-    return [*x.mean(axis=(0, 1)), *x.std(axis=(0, 1)), saturation.mean(), saturation.std()]
+    mean, std = _channel_mean_std(x)
+    return [*mean, *std, saturation.mean(), saturation.std()]
 
 
 PERIODS = (8, 4, 2)
