@@ -523,7 +523,7 @@ def prepare_all(recipe: pd.DataFrame, deadline: Deadline, seed: int = 0) -> dict
     when it must), capped at ``MAX_TRAIN_IMAGES``, and robust views for as many
     of them as still fit (``plan_training``).
     """
-    from .budget import available_cpus
+    from .budget import worker_processes
 
     kept = recipe[recipe["keep"]].groupby("split").size().to_dict()
     present = [s for s in PREPARE_ORDER if kept.get(s, 0) > 0]
@@ -564,7 +564,7 @@ def prepare_all(recipe: pd.DataFrame, deadline: Deadline, seed: int = 0) -> dict
             (prepared_dir() / split / "info.json").unlink(missing_ok=True)
             log.warning("%s: no image prepared before the deadline; it only serves evaluation and is skipped", split)
         if n and split != "train":
-            cpus = max(1, available_cpus())
+            cpus = worker_processes()  # the processes the features were computed on
             per_image = (time.monotonic() - started) / n
             feature_share = infos[split]["feature_cpu_seconds"] / cpus / n
             per_train_image = max(per_image - feature_share, 0.1 * per_image)

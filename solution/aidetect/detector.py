@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .budget import Deadline, Terminated, available_cpus, terminate_raises, time_bound_decision, torch_threads
+from .budget import Deadline, Terminated, terminate_raises, time_bound_decision, torch_threads, worker_processes
 from .calibration import Threshold, calibrate_on_several, min_calibration_size
 from .classical import ClassicalDetector
 from .cleaning import (SHIFT_DIR, PreparedSplit, load_prepared, prepared_splits, prepared_time_bound_decisions,
@@ -330,14 +330,13 @@ STORED_VIEW_COST = 1.2  # ... or its clean crop only, when prepare stored its vi
 
 
 def feature_seconds_per_crop(crops: np.ndarray) -> float:
-    """Wall seconds per crop of the classical features on every usable CPU, timed on a few crops."""
-    from .budget import available_cpus
+    """Wall seconds per crop of the classical features on the worker processes, timed on a few crops."""
     from .features import image_features
 
     t0 = time.monotonic()
     for crop in crops:
         image_features(np.asarray(crop))
-    return (time.monotonic() - t0) / max(1, len(crops)) / max(1, available_cpus())
+    return (time.monotonic() - t0) / max(1, len(crops)) / worker_processes()
 
 
 def fit_fallback(task: str, train: PreparedSplit, indices: np.ndarray, splits: dict[str, PreparedSplit],
@@ -614,7 +613,7 @@ def predict_encoded(detector: Detector, items, total: int | None, desc: str, dea
     no prediction).
     """
     want_corners = detector.scores_corner_crops  # scored as the threshold was calibrated
-    workers = available_cpus()
+    workers = worker_processes()
     pending_keys, pending_crops, pending_corners = [], [], []
 
     def flush():
