@@ -114,6 +114,32 @@ def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     proc.wait(timeout=30)
 
 
+def child_pids(pid: int) -> set[int]:
+    """The processes ``pid`` started (Linux /proc), e.g. a stage's worker pool."""
+    found = set()
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found |= {int(child) for child in children.read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+def assert_processes_end(pids: set[int], within: float = 15) -> None:
+    """Every process of ``pids`` is gone (or a zombie) within ``within`` seconds."""
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + within
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = sorted(pid for pid in pids if alive(pid))
+    assert not left, f"processes still running {within:.0f}s after their stage was killed: {left}"
+
+
 def wait_for(condition, proc: subprocess.Popen, limit: float, what: str, log_path: Path | None = None) -> float:
     """Poll ``condition()`` every 50 ms; fail if the process ends or ``limit`` s pass first."""
     started = time.monotonic()

@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stagerun import (SOLUTION, assert_complete, encode, fresh_artifacts, kill, package_env, run_stage,
-                      stage_env, start_stage, wait_for, write_labelled_file, write_predict_file)
+from stagerun import (SOLUTION, assert_complete, assert_processes_end, child_pids, encode, fresh_artifacts, kill,
+                      package_env, run_stage, stage_env, start_stage, wait_for, write_labelled_file, write_predict_file)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +64,14 @@ def test_predict_killed_at_any_moment_leaves_every_row_labelled_once(moment, det
     proc = start_stage("predict", data, artifacts, 600, log)
     try:
         wait_for(condition(artifacts, log), proc, 240, moment, log)
+        workers = set()
         if moment == "while scoring":
             time.sleep(1.0)  # decoding 48 images of 1200x1200 px takes several seconds: still in the loop
+            workers = child_pids(proc.pid)
+            assert workers, "the worker pool was not running"
     finally:
         kill(proc, signal.SIGKILL)
+    assert_processes_end(workers)  # no orphaned worker keeps waiting on a queue, holding its memory
     csv = artifacts / "task02" / "predictions.csv"
     if must_exist or csv.exists():
         labels = assert_complete(csv, row_ids)  # the file that exists is whole: every row once

@@ -153,6 +153,10 @@ BREAKAGES = [
         [("solution/aidetect/cleaning.py", "        stale.unlink(missing_ok=True)\n", "        pass\n")],
         [KILL_WRITES], keyword="prepare_killed"),
     Breakage(
+        "workers-outlive-a-killed-stage", "a stage killed at its timeout leaves no process behind",
+        [("solution/aidetect/parallel.py", "    _die_with_parent(parent)\n", "")],
+        [KILL_WRITES], keyword="killed_at_any_moment and scoring"),
+    Breakage(
         "task03-trains-from-scratch", "Task 3 continues from the Task-2 checkpoint",
         [("solution/aidetect/stages.py", 'init_from=task_dir("task02") / NETWORK_FILE', "init_from=None")],
         [f"{PROMISES}::test_task03_training_starts_from_the_task02_best_weights"]),

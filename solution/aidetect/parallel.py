@@ -10,6 +10,7 @@ import functools
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -28,9 +29,28 @@ class Skipped:
 _STOP = None  # in a worker: the pool's stop event, set when the consumer stops reading
 
 
-def _init_worker(stop) -> None:
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when the stage that started it dies.
+
+    A stage killed with SIGKILL (the grader at its timeout, the kernel out of memory) cannot stop its pool,
+    and the workers would wait forever on its queue, holding their memory."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the workers end with the pool as before
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _init_worker(stop, parent: int) -> None:
     global _STOP
     _STOP = stop
+    _die_with_parent(parent)
     # A SIGTERM handler of the parent (the predict stage's) is not the worker's business.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -67,7 +87,8 @@ def ordered_map(function: Callable, items: Iterable, workers: int | None = None,
         return
     iterator = iter(items)
     stop = mp.get_context("fork").Event()
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=(stop,))
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
+                               initargs=(stop, os.getpid()))
     try:
         # Bounded windows: mapping everything at once would read all input and buffer
         # every result, so memory would grow with the split.
