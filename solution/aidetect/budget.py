@@ -141,10 +141,10 @@ def available_cpus() -> int:
 # Memory: a stage with its worker processes must stay under STAGE_MEMORY_TARGET whatever the input and the
 # number of CPUs (under --cpus 8 there would be eight workers). Each worker may hold one image's decoding at
 # its bound (decode.MAX_DECODE_BYTES, 280 MB) plus its crops, features and the pages it writes after the fork;
-# the main process holds torch, the detector and the batches (1.0 GB at most on the proxy's images, 1.5 GB on
+# the main process holds torch, the detector and the batches (1.3 GB at most on the proxy's images, 1.7 GB on
 # 1024-pixel PNGs, measured by benchmarks/throughput.py).
 STAGE_MEMORY_TARGET = 4 * 2**30
-MAIN_PROCESS_BYTES = 1536 * 2**20
+MAIN_PROCESS_BYTES = 1792 * 2**20
 WORKER_BYTES = 400 * 2**20
 
 
