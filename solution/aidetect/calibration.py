@@ -12,7 +12,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import binom
 
 from .settings import DETECTION
 
@@ -45,6 +44,8 @@ def min_calibration_size(max_fpr: float, delta: float) -> int:
 
 def order_statistic_rank(n: int, max_fpr: float, delta: float) -> int | None:
     """Smallest k in 1..n with P(Bin(n, 1 - max_fpr) >= k) <= delta, or None."""
+    from scipy.stats import binom  # here, not at the top: the predict stages never need scipy.stats (1 s to import)
+
     ks = np.arange(1, n + 1)
     # P(Bin >= k) = sf(k - 1)
     violation = binom.sf(ks - 1, n, 1.0 - max_fpr)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import beta
-from sklearn.metrics import roc_auc_score
 
 from .labels import binary_label
 from .settings import DETECTION
@@ -11,6 +9,8 @@ from .settings import DETECTION
 
 def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
     """Exact binomial confidence interval for a rate."""
+    from scipy.stats import beta  # imported where used: the predict stages import this module, never call it
+
     if trials == 0:
         return (float("nan"), float("nan"))
     a = (1 - confidence) / 2
@@ -33,6 +33,8 @@ def recall_at_fpr(y_true, scores, max_fpr: float) -> float:
 
 def detection_metrics(source_class, scores, predicted) -> dict:
     """recall_ai, FPR with its 95 % interval, ROC AUC, confusion matrix, per-class recall."""
+    from sklearn.metrics import roc_auc_score
+
     source_class = np.asarray(source_class)
     y_true = binary_label(source_class)
     predicted = np.asarray(predicted).astype(np.int64)
