@@ -76,10 +76,12 @@ def test_predict_killed_at_any_moment_leaves_every_row_labelled_once(moment, det
     if must_exist or csv.exists():
         labels = assert_complete(csv, row_ids)  # the file that exists is whole: every row once
         assert set(labels.values()) <= {0, 1}
-    # And predict run again (the graders may re-run a stage) writes the full file.
-    rerun = run_stage("predict", data, artifacts, timeout=600)
-    assert rerun.returncode == 0, rerun.output[-3000:]
-    assert_complete(csv, row_ids)
+    # And predict run again (the graders may re-run a stage) writes the full file. Once, after the latest kill:
+    # the earlier moments leave part of what it leaves (no file, or the first file with every row real).
+    if moment == "while scoring":
+        rerun = run_stage("predict", data, artifacts, timeout=600)
+        assert rerun.returncode == 0, rerun.output[-3000:]
+        assert_complete(csv, row_ids)
 
 
 # --- killed in the middle of a write ---------------------------------------------------

@@ -181,11 +181,14 @@ def worker_processes(cpus: int | None = None) -> int:
     return max(1, min(cpus, fit))
 
 
-def configure_threads() -> int:
-    """Give torch one thread per usable CPU (a container sees all host cores)."""
+def configure_threads(with_torch: bool = True) -> int:
+    """Give torch one thread per usable CPU (a container sees all host cores). ``with_torch=False`` only counts
+    them: a stage that never runs a network is spared torch's import (2-3 s of every start)."""
+    threads = int(os.environ.get("AMLS_THREADS", available_cpus()))
+    if not with_torch:
+        return threads
     import torch
 
-    threads = int(os.environ.get("AMLS_THREADS", available_cpus()))
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)

@@ -76,6 +76,7 @@ def attribute(deadline: Deadline) -> None:
 
 
 STAGES = {f.__name__: f for f in (clean, prepare, train, predict, train_augmented, predict_augmented, attribute)}
+WITHOUT_TORCH = {"clean", "prepare"}  # stages that decode and compute features only: no network
 
 
 def run_stage(name: str, argv: list[str] | None = None) -> int:
@@ -88,7 +89,7 @@ def run_stage(name: str, argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     deadline = Deadline(args.timeout_seconds)
     keep_caches_under_artifacts()
-    threads = configure_threads()
+    threads = configure_threads(with_torch=name not in WITHOUT_TORCH)
     log.info("stage %s: data %s, artifacts %s, %d threads, timeout %.0fs", name, data_dir(), artifacts_dir(),
              threads, args.timeout_seconds)
     log.info("settings: %s", DETECTION)
