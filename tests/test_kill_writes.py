@@ -239,3 +239,25 @@ def test_prepare_killed_while_writing_a_split_leaves_nothing_that_passes_for_com
     with pointing_at(artifacts, slow_prepare_data):
         assert len(load_prepared("train")) == 24 and len(load_prepared("calibration")) == 12
     assert list((artifacts / "prepared").rglob("*.tmp")) == []  # the killed run's half-written file is gone
+
+
+def test_the_next_write_removes_the_temporaries_that_killed_writes_left(tmp_path):
+    """A kill mid-write leaves ``.<name>.<pid>.<random>.tmp`` beside the file: the next write of that file removes
+    it when its writer is gone (or is this process), and leaves a running writer's and other files' alone."""
+    import os
+
+    from aidetect.dataio import write_json
+
+    target = tmp_path / "detector.json"
+    dead = tmp_path / ".detector.json.999999999.k2x8q1ab.tmp"  # above Linux's largest process id: no such process
+    own = tmp_path / f".detector.json.{os.getpid()}.a1b2c3d4.tmp"
+    unnamed = tmp_path / ".detector.json.q7w8e9r0.tmp"  # without a process id
+    running = tmp_path / ".detector.json.1.z9y8x7w6.tmp"  # process 1 always runs
+    other_file = tmp_path / ".metrics.json.999999999.k2x8q1ab.tmp"
+    for path in (dead, own, unnamed, running, other_file):
+        path.write_text("half")
+
+    write_json(target, {"kind": "classical"})
+
+    assert json.loads(target.read_text()) == {"kind": "classical"}
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == sorted([running.name, other_file.name])

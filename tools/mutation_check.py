@@ -150,7 +150,7 @@ BREAKAGES = [
         ["tests/test_bad_inputs.py"], keyword="refuses_a_broken_contract"),
     Breakage(
         "prepare-keeps-half-written-files", "a stage killed while it writes leaves nothing behind that a rerun keeps",
-        [("solution/aidetect/cleaning.py", "        stale.unlink(missing_ok=True)\n", "        pass\n")],
+        [(DATAIO, "    remove_leftover_temporaries(target)\n", "")],
         [KILL_WRITES], keyword="prepare_killed"),
     Breakage(
         "workers-outlive-a-killed-stage", "a stage killed at its timeout leaves no process behind",

@@ -279,8 +279,6 @@ def prepare_split(split: str, recipe: pd.DataFrame, seed: int = 0, deadline: Dea
     out.mkdir(parents=True, exist_ok=True)
     info_path = out / "info.json"
     info_path.unlink(missing_ok=True)  # invalid until complete
-    for stale in out.glob(".*.tmp"):  # half-written files of a run that was killed (atomic_path's temporaries)
-        stale.unlink(missing_ok=True)
     n = len(keep)
     labels = np.zeros(n, dtype=np.int8)
     index, failed, corners, views, truncated, feature_seconds = [], [], [], [], False, 0.0

@@ -11,6 +11,7 @@ place, so a stage killed mid-write never leaves a half-written artifact.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -191,12 +192,35 @@ def _batch(record_batch: pa.RecordBatch, path: Path, name: str, first_row: int, 
     return batch
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_leftover_temporaries(target: Path) -> None:
+    """Delete the temporaries of ``target`` that no running write will rename: those of a process killed while
+    it wrote, and this process's own (writes of one target are never nested, and in a container a rerun of a
+    stage may get the killed run's process id). A temporary is named ``.<name>.<pid>.<random>.tmp``."""
+    prefix = f".{target.name}."
+    for stale in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = stale.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _process_exists(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path):
-    """Yield a temporary path beside ``target``; rename it into place on success."""
+    """Yield a temporary path beside ``target``; rename it into place on success. A kill leaves the previous
+    ``target`` (or none) and a temporary, which the next write of ``target`` removes."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_leftover_temporaries(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
