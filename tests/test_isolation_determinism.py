@@ -8,9 +8,10 @@ connect fails in the stage's namespace and a write to ``data/`` fails is shown b
 
 That no stage writes outside ``artifacts/`` is checked on the demo run's kept workspace
 (``tests/test_promises.py``), and that every stage keeps its short timeouts (a tenth of the official
-ones) by ``tests/test_pipeline_e2e.py::test_every_stage_succeeds_within_its_timeout``; training that
-its deadline cuts short is checked in process with a clock that runs fast
-(``tests/test_reproducible_training.py``).
+ones) by ``tests/test_pipeline_e2e.py::test_every_stage_succeeds_within_its_timeout``. Training under a
+deadline that binds is checked in process: the decisions it forces and their record
+(``tests/test_reproducible_training.py``) and the fallback fitted to a short budget
+(``tests/test_kill_resume.py``).
 """
 from __future__ import annotations
 

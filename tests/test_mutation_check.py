@@ -46,3 +46,25 @@ def test_breakage_names_are_unique_and_the_issue_table_is_covered():
     assert len(names) == len(set(names))
     assert sum(b.origin == "issue 21" for b in BREAKAGES) >= 6
     assert sum(b.origin == "own" for b in BREAKAGES) >= 6
+
+
+def test_processes_left_in_the_broken_copy_are_ended(tmp_path):
+    """A breakage may leave a stage's workers running in the copy; they are ended before the next breakage."""
+    import subprocess
+    import sys
+
+    from mutation_check import end_processes_in
+
+    inside, outside = tmp_path / "copy" / "solution", tmp_path / "elsewhere"
+    inside.mkdir(parents=True)
+    outside.mkdir()
+    sleepers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=folder)
+                for folder in (inside, outside)]
+    try:
+        assert end_processes_in(tmp_path / "copy") == [sleepers[0].pid]
+        assert sleepers[0].wait(timeout=10) != 0
+        assert sleepers[1].poll() is None
+    finally:
+        for proc in sleepers:
+            proc.kill()
+            proc.wait()

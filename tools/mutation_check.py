@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -219,12 +220,27 @@ def run_tests(copy: Path, tests: list[str], keyword: str | None, demo_cache: Pat
     except subprocess.TimeoutExpired as exc:
         output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         code = None
+    end_processes_in(copy)
     failed = [line.split(" ", 2)[1] for line in output.splitlines() if line.startswith("FAILED ")]
     summary = next((line for line in reversed(output.splitlines()) if " in " in line and ("passed" in line or
                     "failed" in line or "error" in line)), "")
     errors = [line for line in output.splitlines() if line.startswith("E  ")][:30]  # why the first test failed
     return {"exit_code": code, "seconds": round(time.monotonic() - started, 1), "failed": failed,
             "summary": summary.strip("= "), "errors": errors, "tail": output.splitlines()[-40:]}
+
+
+def end_processes_in(folder: Path) -> list[int]:
+    """SIGKILL every process still working in ``folder``: a breakage such as ``workers-outlive-a-killed-stage``
+    leaves workers behind, which would hold memory and slow the breakages after it. Returns their ids."""
+    ended = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(proc / "cwd")).is_relative_to(folder.resolve()) and int(proc.name) != os.getpid():
+                os.kill(int(proc.name), signal.SIGKILL)
+                ended.append(int(proc.name))
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read
+    return ended
 
 
 def load_average() -> list[float]:
