@@ -41,11 +41,14 @@ def _png(fig, dpi: int) -> bytes:
     return buffer.getvalue()
 
 
-def _jpeg(fig, dpi: int, quality: int) -> bytes:
-    image = Image.open(io.BytesIO(_png(fig, dpi))).convert("RGB")
+def _jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality, subsampling=0, optimize=True)
     return buffer.getvalue()
+
+
+# The JPEG settings tried, in order, when a figure's PNG is over MAX_BYTES: (dpi, quality).
+JPEG_STEPS = ((DPI, 92), (DPI, 85), (180, 85), (150, 80), (120, 80), (100, 75))
 
 
 def save(fig, path: Path) -> Path:
@@ -55,8 +58,11 @@ def save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data, suffix = _png(fig, DPI), ".png"
     if len(data) > MAX_BYTES:
-        for dpi, quality in ((DPI, 92), (DPI, 85), (180, 85), (150, 80), (120, 80), (100, 75)):
-            data, suffix = _jpeg(fig, dpi, quality), ".jpg"
+        rendered = {DPI: data}  # drawing the figure is the slow part: once per resolution
+        for dpi, quality in JPEG_STEPS:
+            if dpi not in rendered:
+                rendered[dpi] = _png(fig, dpi)
+            data, suffix = _jpeg(Image.open(io.BytesIO(rendered[dpi])).convert("RGB"), quality), ".jpg"
             if len(data) <= MAX_BYTES:
                 break
     plt.close(fig)
