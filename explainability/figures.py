@@ -58,11 +58,12 @@ def save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data, suffix = _png(fig, DPI), ".png"
     if len(data) > MAX_BYTES:
-        rendered = {DPI: data}  # drawing the figure is the slow part: once per resolution
+        drawn = {DPI: data}  # drawing the figure is the slow part: once per resolution, decoded once
+        images = {}
         for dpi, quality in JPEG_STEPS:
-            if dpi not in rendered:
-                rendered[dpi] = _png(fig, dpi)
-            data, suffix = _jpeg(Image.open(io.BytesIO(rendered[dpi])).convert("RGB"), quality), ".jpg"
+            if dpi not in images:
+                images[dpi] = Image.open(io.BytesIO(drawn.get(dpi) or _png(fig, dpi))).convert("RGB")
+            data, suffix = _jpeg(images[dpi], quality), ".jpg"
             if len(data) <= MAX_BYTES:
                 break
     plt.close(fig)

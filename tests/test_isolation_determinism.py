@@ -59,7 +59,8 @@ def test_prepare_is_deterministic_across_processes(demo_run, demo_root, tmp_path
     prepare_split("train", recipe, seed=0)
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     for name in ("crops.npy", "labels.npy"):
-        assert digest(tmp_path / "prepared" / "train" / name) == digest(demo_run["artifacts"] / "prepared" / "train" / name)
+        reference = digest(demo_run["artifacts"] / "prepared" / "train" / name)
+        assert digest(tmp_path / "prepared" / "train" / name) == reference
 
 
 TRAIN_IN_A_PROCESS = textwrap.dedent("""

@@ -10,6 +10,7 @@ stage reads must then be the previous complete version, never the half-written o
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -244,8 +245,6 @@ def test_prepare_killed_while_writing_a_split_leaves_nothing_that_passes_for_com
 def test_the_next_write_removes_the_temporaries_that_killed_writes_left(tmp_path):
     """A kill mid-write leaves ``.<name>.<pid>.<random>.tmp`` beside the file: the next write of that file removes
     it when its writer is gone (or is this process), and leaves a running writer's and other files' alone."""
-    import os
-
     from aidetect.dataio import write_json
 
     target = tmp_path / "detector.json"

@@ -8,11 +8,13 @@ step with the code, in a second, and checks that every guarding test exists.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from mutation_check import BREAKAGES, REPO
+from mutation_check import BREAKAGES, REPO, end_processes_in
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=lambda b: b.name)
@@ -50,11 +52,6 @@ def test_breakage_names_are_unique_and_the_issue_table_is_covered():
 
 def test_processes_left_in_the_broken_copy_are_ended(tmp_path):
     """A breakage may leave a stage's workers running in the copy; they are ended before the next breakage."""
-    import subprocess
-    import sys
-
-    from mutation_check import end_processes_in
-
     inside, outside = tmp_path / "copy" / "solution", tmp_path / "elsewhere"
     inside.mkdir(parents=True)
     outside.mkdir()
