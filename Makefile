@@ -46,10 +46,16 @@ demo-data: $(STAMP)
 run: demo-data
 	$(PY) tools/run_main.py --data $(DEMO) --out $(RUN)
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests
+# The suite in two worker processes that share one demo run (tests/conftest.py); a test file runs in one
+# worker, so its module fixtures are made once. On the 2-core machine a stage's imports, start-up and
+# single-threaded steps leave a core idle that the other worker uses.
+TEST_WORKERS ?= 2
 
-# The suite plus its slow real-conditions twins (train.py beside two busy processes).
+test: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+
+# The suite plus its slow real-conditions twins (train.py beside two busy processes), in one process: the
+# twins compare a quiet machine with a loaded one, and a second worker would load the quiet one.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q --run-slow tests
 

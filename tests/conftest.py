@@ -1,9 +1,13 @@
 """Shared fixtures: the demo dataset and one demo run of the six stages through the harness.
 
-The demo run is the expensive part of the suite (a few minutes), so it happens
-once per session and every test that needs trained artifacts reads it. Its stages
-get a fresh, empty HOME and TMPDIR and their workspace is kept, so a test can
-check that no stage wrote outside ``artifacts/``.
+The demo run is the expensive part of the suite (a few minutes), so it happens once per session, in
+a process of its own (``demorun.py``), and every test that needs trained artifacts reads it. Its
+stages get a fresh, empty HOME and TMPDIR and their workspace is kept, so a test can check that no
+stage wrote outside ``artifacts/``.
+
+``make test`` runs the suite in two worker processes (pytest-xdist, ``--dist loadfile``: the tests of
+a file share its module fixtures in one worker); the first worker to start makes the demo run and
+the other waits for the same files.
 
 ``AMLS_TEST_DEMO_RUN=<folder>`` keeps the demo dataset and the demo run in that
 folder and reuses them when a complete run is already there: the mutation check
@@ -12,25 +16,24 @@ runs, for each breakage, only tests that exercise the broken code themselves.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+
+from demorun import SharedDemoRun, data_done, run_done
 
 REPO = Path(__file__).resolve().parents[1]
 SOLUTION = REPO / "solution"
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-# Timeouts of the demo run as a share of the official ones (600 s -> 60 s, 1800 s -> 180 s).
-DEMO_TIMEOUT_SCALE = float(os.environ.get("AMLS_TEST_TIMEOUT_SCALE", "0.1"))
-
+DEMO_RUN_ENVIRONMENT = dict(os.environ)  # the demo run runs alone: as the suite runs without workers
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share the two cores: torch's OpenMP threads (in a worker and in the stages it starts) then
+    # wait for a busy core by sleeping, not spinning. Scheduling only: no result changes.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DEMO_RUN_CACHE = os.environ.get("AMLS_TEST_DEMO_RUN")
-# Environment variables that would let a stage's caches bypass the HOME it is given.
-HOME_OVERRIDES = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "TORCH_HOME")
 
 
 def pytest_addoption(parser):
@@ -48,54 +51,42 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
-    """The embedded demo dataset (course layout plus labels/), generated once."""
-    from make_demo_data import make_demo_data
-
+@pytest.fixture(scope="session", autouse=True)
+def shared_demo_run(request, tmp_path_factory) -> SharedDemoRun:
+    """The session's demo run, made at the first test when any test needs it (by one worker for all)."""
     if DEMO_RUN_CACHE:
-        root = Path(DEMO_RUN_CACHE) / "demo"
-        if not (root / "MANIFEST.json").exists():
-            shutil.rmtree(root, ignore_errors=True)
-            make_demo_data(root, seed=0)
-        return root
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, seed=0)
-    return root
-
-
-def _grade_with_fresh_home(demo_root: Path, out: Path) -> dict:
-    """The six stages through the harness; the stages see an empty HOME and TMPDIR under ``out``."""
-    from aidetect.paths import environment
-    from grade import copy_build_context, grade
-
-    copy_build_context(str(SOLUTION), str(out / "expected_copy"))  # what the harness copies, by the same rules
-    given = {"HOME": out / "home", "TMPDIR": out / "tmp"}
-    for folder in given.values():
-        folder.mkdir(parents=True)
-    with environment(**{key: str(folder) for key, folder in given.items()}, **dict.fromkeys(HOME_OVERRIDES)):
-        return grade(str(demo_root), str(SOLUTION), workspace=str(out / "ws"), timeout_scale=DEMO_TIMEOUT_SCALE,
-                     out=str(out / "scorecard.json"), artifacts_out=str(out / "artifacts"), keep_workspace=True,
-                     quiet=True)
+        location = Path(DEMO_RUN_CACHE)
+    else:
+        base = tmp_path_factory.getbasetemp()
+        # Under pytest-xdist each worker has its own folder in the session's; the run is shared from there.
+        location = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "demo_shared"
+    run = SharedDemoRun(location, DEMO_RUN_ENVIRONMENT)
+    if any("demo_root" in item.fixturenames for item in request.session.items):  # demo_run needs it too
+        # Every test waits for it: its stages run under deadlines (a tenth of the official timeouts) that a
+        # test running beside it could make binding, and the trained models would then depend on the load.
+        run.wait_for(run_done)
+    yield run
+    run.finish()
 
 
 @pytest.fixture(scope="session")
-def demo_run(demo_root, tmp_path_factory) -> dict:
+def demo_root(shared_demo_run) -> Path:
+    """The embedded demo dataset (course layout plus labels/), generated once."""
+    shared_demo_run.wait_for(data_done)
+    return shared_demo_run.location / "demo"
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_root, shared_demo_run) -> dict:
     """The six stages on the demo data through the grading harness (read-only data, no network).
 
     Returns the scorecard with ``artifacts`` (a copy of solution/artifacts), ``data_root``,
     ``out_dir`` (logs), ``solution_copy`` (the kept workspace copy the stages ran in),
     ``expected_copy`` (what the harness copied in, untouched) and ``given_dirs`` (HOME, TMPDIR).
     """
-    if DEMO_RUN_CACHE and (Path(DEMO_RUN_CACHE) / "run" / "scorecard.json").exists():
-        out = Path(DEMO_RUN_CACHE) / "run"
-        scorecard = json.loads((out / "scorecard.json").read_text())
-    else:
-        out = Path(DEMO_RUN_CACHE) / "run" if DEMO_RUN_CACHE else tmp_path_factory.mktemp("demo_run")
-        if DEMO_RUN_CACHE:
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir(parents=True)
-        scorecard = _grade_with_fresh_home(demo_root, out)
+    shared_demo_run.wait_for(run_done)
+    out = shared_demo_run.location / "run"
+    scorecard = shared_demo_run.scorecard()
     scorecard["artifacts"] = out / "artifacts"
     scorecard["data_root"] = demo_root
     scorecard["out_dir"] = out
