@@ -99,6 +99,11 @@ class SharedDemoRun:
                                              env=self.environment, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT)
 
+    @property
+    def making(self) -> bool:
+        """Whether this process started the background run (and owns the lock)."""
+        return self._process is not None
+
     def wait_for(self, done) -> None:
         """Block until ``done(location)`` holds; fail with the run's log if the run ended without it."""
         self.start()  # no-op when it is complete or under way
