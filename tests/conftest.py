@@ -23,9 +23,6 @@ import pytest
 
 from demorun import SharedDemoRun, data_done, run_done
 
-REPO = Path(__file__).resolve().parents[1]
-SOLUTION = REPO / "solution"
-
 os.environ.setdefault("MPLBACKEND", "Agg")
 DEMO_RUN_ENVIRONMENT = dict(os.environ)  # the demo run runs alone: as the suite runs without workers
 if os.environ.get("PYTEST_XDIST_WORKER"):
