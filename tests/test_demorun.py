@@ -29,4 +29,6 @@ def test_a_demo_run_that_fails_ends_the_wait_with_its_log(tmp_path):
         run.wait_for(data_done)
     assert "Error" in str(failure.value)  # the background process's traceback, from its log
     assert not run.making  # finished: the lock is free for the next attempt
-    assert FileLock(str(tmp_path / ".lock")).acquire(timeout=0)
+    lock = FileLock(str(tmp_path / ".lock"))
+    lock.acquire(timeout=0)  # raises Timeout if the failed run still held it
+    lock.release()
